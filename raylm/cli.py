@@ -1,0 +1,109 @@
+"""``raylm <command> [hydra overrides]``: one Hydra app per command.
+
+Each command composes ``conf/<command>.yaml``; Hydra's own flags (``--cfg job``,
+``--help``, ``--multirun``) work as usual. User mistakes end as one ``error:`` line and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+from .config import ConfigError, conf_dir, register_configs
+
+# command -> (module:function taking the composed DictConfig, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tokenizer": (
+        "raylm.data.tokenizer_job:run",
+        "train a BPE or WordPiece tokenizer on text files",
+    ),
+    "pretrain": (
+        "raylm.train.pretrain_job:run",
+        "pretrain a GPT-style (clm) or BERT-style (mlm, mlm_nsp) model",
+    ),
+}
+
+USAGE = """usage: raylm <command> [key=value ...] [hydra flags]
+
+Transformer language models from raw text to a served model on a Ray cluster.
+
+commands:
+{commands}
+
+Each command composes conf/<command>.yaml with Hydra; for its keys and groups run
+`raylm <command> --help`, for the composed config `raylm <command> --cfg job`.
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"raylm {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_group_choices(command: str, overrides: list[str]) -> None:
+    """Reject ``group=unknown`` with one line listing the choices.
+
+    Hydra would say the same across a dozen lines plus its search path; this is the
+    most common typo (``model=gpt2-tiney``), so it gets the short answer.
+    """
+    root = conf_dir()
+    groups = {p.name for p in root.iterdir() if p.is_dir()}
+    for item in overrides:
+        if item.startswith("-") or "=" not in item:
+            continue
+        key, value = item.split("=", 1)
+        key = key.lstrip("+~")
+        if (
+            key not in groups
+            or "," in value
+            or not value
+            or value.startswith(("glob(", "range(", "choice("))
+        ):
+            continue
+        choices = sorted(p.stem for p in (root / key).glob("*.yaml"))
+        if value not in choices:
+            kind = "preset" if key == "model" else "option"
+            _fail(
+                command, f"{key}={value} is not a known {kind}; choose one of: {', '.join(choices)}"
+            )
+
+
+def _load(target: str) -> Callable:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import hydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(command, f"unknown command; choose one of: {', '.join(COMMANDS)}")
+    _check_group_choices(command, rest)
+    register_configs()
+    run = _load(COMMANDS[command][0])
+
+    def task(cfg) -> None:
+        try:
+            run(cfg)
+        except ConfigError as exc:
+            _fail(command, str(exc))
+
+    sys.argv = [f"raylm-{command}", *rest]
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)(task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Typed structured configs, registered in Hydra's ConfigStore.
+
+Types are checked by Hydra/OmegaConf when the YAML and the command-line overrides are
+merged onto these dataclasses, so ``trainer.lr=abc`` fails before any code runs. What a
+value *means* (batch arithmetic, ZeRO stage, paths) is checked by :mod:`.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    # Preset name (the file name in conf/model/), recorded in raylm.json.
+    name: str = MISSING
+    # Architecture family: "gpt2" (causal LM) or "bert" (masked LM, optional NSP head).
+    family: str = MISSING
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    # None: 4 x hidden_size, as in both papers.
+    intermediate_size: int | None = None
+    max_positions: int = 512
+    # None: the tokenizer's vocabulary size.
+    vocab_size: int | None = None
+    dropout: float = 0.1
+    # A local Hugging Face directory (or a hub name where a network exists) whose config
+    # and weights replace the preset's architecture and random initialisation.
+    init_from: str | None = None
+
+
+@dataclass
+class DataConfig:
+    # Local txt / jsonl / json / csv / parquet files, or one datasets.save_to_disk dir.
+    train_files: list[str] = field(default_factory=list)
+    eval_files: list[str] = field(default_factory=list)
+    text_column: str = "text"
+    # Shuffle order within each worker's shard, re-drawn every epoch from trainer.seed.
+    shuffle_buffer: int = 256
+    # Documents per Ray Data map_batches call when tokenizing and packing.
+    preprocess_batch_size: int = 256
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = MISSING
+    type: str = "bpe"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = False
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    # Any DeepSpeed key, merged last over the derived config, e.g.
+    # deepspeed.overrides.zero_optimization.reduce_bucket_size=50000000
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    # Extra custom resources per worker, e.g. {"accelerator_type:H100": 0.001}.
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    placement_strategy: str = "PACK"
+
+
+@dataclass
+class TrainerConfig:
+    # One step = one optimizer update = micro_batch_size x grad_accum x workers sequences.
+    max_steps: int = 1000
+    # When set, max_steps is derived from the packed dataset size.
+    epochs: int | None = None
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 128
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    precision: str = "fp32"
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 20
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    mlm_probability: float = 0.15
+    seed: int = 42
+
+
+@dataclass
+class RayConfig:
+    # Empty: start an embedded local cluster. Otherwise "auto" or "ray://host:10001" etc.
+    address: str = ""
+    # CPUs of the embedded local cluster (None: all of this machine's).
+    num_cpus: int | None = None
+    # Show Ray Data / Ray Train progress output from Ray itself.
+    verbose: bool = False
+
+
+@dataclass
+class TokenizerJobConfig:
+    """``raylm tokenizer``: train a tokenizer on data.train_files."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    overwrite: bool = False
+
+
+@dataclass
+class PretrainJobConfig:
+    """``raylm pretrain``: masked or causal LM pretraining."""
+
+    output_dir: str = MISSING
+    task: str = "clm"
+    resume: bool = False
+    # A fresh run refuses an output_dir holding an earlier run unless this is set.
+    overwrite: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+SCHEMAS: dict[str, type] = {
+    "tokenizer": TokenizerJobConfig,
+    "pretrain": PretrainJobConfig,
+}
+
+
+def register_configs() -> None:
+    """Store each command's schema as ``<command>_schema`` and each group's as
+    ``<group>/schema`` so the YAML files can name them in their defaults lists."""
+    cs = ConfigStore.instance()
+    for command, schema in SCHEMAS.items():
+        cs.store(name=f"{command}_schema", node=schema)
+    for group, schema in {
+        "model": ModelConfig,
+        "deepspeed": DeepSpeedConfig,
+        "scaling": ScalingConfig,
+    }.items():
+        cs.store(group=group, name="schema", node=schema)

@@ -1,0 +1,199 @@
+"""Semantic checks on the driver, before any Ray worker starts.
+
+Hydra has already checked types against :mod:`.schema`; these checks are about meaning.
+Each raises :class:`ConfigError` naming the key and what is allowed, so a mistake costs
+one line of output instead of a cluster start-up and a worker traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+TASKS = ("clm", "mlm", "mlm_nsp")
+FAMILY_TASKS = {"gpt2": ("clm",), "bert": ("mlm", "mlm_nsp")}
+TOKENIZER_TYPES = ("bpe", "wordpiece")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+DATA_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".parquet")
+
+
+def _positive(cfg: Mapping[str, Any], section: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = cfg[section][key]
+        if value is None or value <= 0:
+            raise ConfigError(f"{section}.{key}", f"must be > 0, got {value}")
+
+
+def check_data_files(files: list[str] | None, key: str, required: bool) -> list[str]:
+    """Return the files as absolute paths; a datasets.save_to_disk dir counts as one."""
+    files = list(files or [])
+    if not files:
+        if required:
+            raise ConfigError(key, "is empty; give a list of local data files, e.g. [corpus.txt]")
+        return []
+    out = []
+    for f in files:
+        p = Path(os.path.expanduser(str(f))).resolve()
+        if not p.exists():
+            raise ConfigError(key, f"file not found: {f}")
+        if p.is_dir():
+            if not (p / "dataset_info.json").exists() and not (p / "state.json").exists():
+                raise ConfigError(
+                    key, f"{f} is a directory but not one written by datasets.save_to_disk"
+                )
+        else:
+            if p.suffix.lower() not in DATA_SUFFIXES:
+                raise ConfigError(
+                    key, f"{f}: unsupported file type; allowed: {', '.join(DATA_SUFFIXES)}"
+                )
+            if p.stat().st_size == 0:
+                raise ConfigError(key, f"file is empty: {f}")
+        out.append(str(p))
+    return out
+
+
+def validate_tokenizer_job(cfg: Mapping[str, Any]) -> None:
+    tok = cfg["tokenizer"]
+    if tok["type"] not in TOKENIZER_TYPES:
+        raise ConfigError(
+            "tokenizer.type", f"must be one of {TOKENIZER_TYPES}, got {tok['type']!r}"
+        )
+    if tok["vocab_size"] < 64:
+        raise ConfigError("tokenizer.vocab_size", f"must be >= 64, got {tok['vocab_size']}")
+    check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
+
+
+def validate_pretrain(
+    cfg: Mapping[str, Any],
+    tokenizer_vocab: int | None = None,
+    model_positions: int | None = None,
+    model_vocab: int | None = None,
+) -> None:
+    """Check a composed ``raylm pretrain`` config.
+
+    ``tokenizer_vocab``, ``model_positions`` and ``model_vocab`` come from the tokenizer
+    and (for ``model.init_from``) the model config on disk, which only the caller reads.
+    """
+    task = cfg["task"]
+    if task not in TASKS:
+        raise ConfigError("task", f"must be one of {TASKS}, got {task!r}")
+    model = cfg["model"]
+    family = model["family"]
+    if family not in FAMILY_TASKS:
+        raise ConfigError("model.family", f"must be one of {tuple(FAMILY_TASKS)}, got {family!r}")
+    if task not in FAMILY_TASKS[family]:
+        raise ConfigError(
+            "task",
+            f"{task!r} does not fit model {model['name']!r} ({family}); "
+            f"allowed: {', '.join(FAMILY_TASKS[family])}",
+        )
+    _positive(cfg, "model", ("hidden_size", "num_layers", "num_heads", "max_positions"))
+    if model["hidden_size"] % model["num_heads"]:
+        raise ConfigError(
+            "model.num_heads",
+            f"must divide model.hidden_size ({model['hidden_size']}), got {model['num_heads']}",
+        )
+    if not str(cfg["output_dir"]).strip():
+        raise ConfigError("output_dir", "must be a directory path")
+
+    tr = cfg["trainer"]
+    _positive(
+        cfg,
+        "trainer",
+        (
+            "micro_batch_size",
+            "grad_accum",
+            "seq_len",
+            "lr",
+            "log_every",
+            "eval_every",
+            "eval_batches",
+            "checkpoint_every",
+        ),
+    )
+    if tr["epochs"] is None:
+        _positive(cfg, "trainer", ("max_steps",))
+    elif tr["epochs"] <= 0:
+        raise ConfigError("trainer.epochs", f"must be > 0, got {tr['epochs']}")
+    if tr["warmup_steps"] < 0:
+        raise ConfigError("trainer.warmup_steps", f"must be >= 0, got {tr['warmup_steps']}")
+    if not 0 <= tr["min_lr_ratio"] <= 1:
+        raise ConfigError("trainer.min_lr_ratio", f"must be in [0, 1], got {tr['min_lr_ratio']}")
+    if tr["schedule"] not in SCHEDULES:
+        raise ConfigError("trainer.schedule", f"must be one of {SCHEDULES}, got {tr['schedule']!r}")
+    if tr["precision"] not in PRECISIONS:
+        raise ConfigError(
+            "trainer.precision", f"must be one of {PRECISIONS}, got {tr['precision']!r}"
+        )
+    if tr["grad_clip"] < 0:
+        raise ConfigError("trainer.grad_clip", f"must be >= 0 (0 disables), got {tr['grad_clip']}")
+    if not 0 < tr["mlm_probability"] < 1:
+        raise ConfigError(
+            "trainer.mlm_probability", f"must be in (0, 1), got {tr['mlm_probability']}"
+        )
+    if task == "mlm_nsp" and tr["seq_len"] < 16:
+        raise ConfigError("trainer.seq_len", f"must be >= 16 for mlm_nsp, got {tr['seq_len']}")
+
+    positions = model_positions or model["max_positions"]
+    if tr["seq_len"] > positions:
+        raise ConfigError(
+            "trainer.seq_len",
+            f"{tr['seq_len']} exceeds the model's {positions} positions "
+            f"(model {model['name']!r}); use trainer.seq_len<={positions}",
+        )
+
+    sc = cfg["scaling"]
+    if sc["num_workers"] < 1:
+        raise ConfigError("scaling.num_workers", f"must be >= 1, got {sc['num_workers']}")
+    if sc["cpus_per_worker"] <= 0:
+        raise ConfigError("scaling.cpus_per_worker", f"must be > 0, got {sc['cpus_per_worker']}")
+    if sc["use_gpu"] and sc["gpus_per_worker"] <= 0:
+        raise ConfigError(
+            "scaling.gpus_per_worker",
+            f"must be > 0 with scaling.use_gpu=true, got {sc['gpus_per_worker']}",
+        )
+    if sc["placement_strategy"] not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(
+            "scaling.placement_strategy", "must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"
+        )
+    if tr["precision"] == "fp16" and not sc["use_gpu"]:
+        raise ConfigError(
+            "trainer.precision", "fp16 needs a GPU (scaling.use_gpu=true); on CPU use fp32 or bf16"
+        )
+
+    ds = cfg["deepspeed"]
+    if ds["zero_stage"] not in (0, 1, 2, 3):
+        raise ConfigError("deepspeed.zero_stage", f"must be 0, 1, 2 or 3, got {ds['zero_stage']}")
+    if ds["offload_param"] and ds["zero_stage"] != 3:
+        raise ConfigError(
+            "deepspeed.offload_param",
+            f"parameter offload needs deepspeed.zero_stage=3, got {ds['zero_stage']} (use deepspeed=zero3_offload)",
+        )
+    if ds["offload_optimizer"] and ds["zero_stage"] == 0:
+        raise ConfigError(
+            "deepspeed.offload_optimizer",
+            "optimizer offload needs deepspeed.zero_stage 1, 2 or 3, got 0",
+        )
+    check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
+    check_data_files(cfg["data"]["eval_files"], "data.eval_files", required=False)
+    if not str(cfg["data"]["text_column"]).strip():
+        raise ConfigError("data.text_column", "must name a column")
+
+    tok_path = Path(os.path.expanduser(str(cfg["tokenizer"]["path"])))
+    if not model["init_from"] and not (tok_path / "tokenizer.json").exists():
+        raise ConfigError(
+            "tokenizer.path",
+            f"no tokenizer at {tok_path}; train one with `raylm tokenizer tokenizer.path={tok_path} data.train_files=[...]`",
+        )
+    vocab = model_vocab or model["vocab_size"]
+    if tokenizer_vocab is not None and vocab is not None and tokenizer_vocab > vocab:
+        raise ConfigError(
+            "model.vocab_size" if not model_vocab else "tokenizer.path",
+            f"the tokenizer has {tokenizer_vocab} tokens but the model's embeddings hold {vocab}; "
+            "use a smaller tokenizer.vocab_size or a larger model.vocab_size",
+        )

@@ -1,0 +1,95 @@
+"""Model construction: a preset (conf/model/*.yaml) or ``model.init_from`` -> an HF model.
+
+Models are plain transformers classes, so the exported directory loads with the Auto
+classes and nothing of raylm's is needed to use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# task -> the transformers Auto class that loads the exported model
+AUTO_CLASS = {
+    "clm": "AutoModelForCausalLM",
+    "mlm": "AutoModelForMaskedLM",
+    "mlm_nsp": "AutoModelForPreTraining",
+}
+
+
+def auto_class(task: str):
+    import transformers
+
+    return getattr(transformers, AUTO_CLASS[task])
+
+
+def preset_config(model: dict[str, Any], vocab_size: int, tokenizer=None):
+    """A ``transformers`` config from a preset's keys (field names follow each paper)."""
+    from transformers import BertConfig, GPT2Config
+
+    inner = model["intermediate_size"] or 4 * model["hidden_size"]
+    vocab = model["vocab_size"] or vocab_size
+    if model["family"] == "gpt2":
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return GPT2Config(
+            vocab_size=vocab,
+            n_positions=model["max_positions"],
+            n_embd=model["hidden_size"],
+            n_layer=model["num_layers"],
+            n_head=model["num_heads"],
+            n_inner=inner,
+            resid_pdrop=model["dropout"],
+            embd_pdrop=model["dropout"],
+            attn_pdrop=model["dropout"],
+            bos_token_id=eos if eos is not None else vocab - 1,
+            eos_token_id=eos if eos is not None else vocab - 1,
+        )
+    if model["family"] == "bert":
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return BertConfig(
+            vocab_size=vocab,
+            hidden_size=model["hidden_size"],
+            num_hidden_layers=model["num_layers"],
+            num_attention_heads=model["num_heads"],
+            intermediate_size=inner,
+            max_position_embeddings=model["max_positions"],
+            hidden_dropout_prob=model["dropout"],
+            attention_probs_dropout_prob=model["dropout"],
+            pad_token_id=pad if pad is not None else 0,
+        )
+    raise ValueError(f"unknown model family {model['family']!r}")
+
+
+def load_init_config(init_from: str):
+    """The config of ``model.init_from``: positions and vocabulary for validation."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(init_from)
+
+
+def positions_and_vocab(config) -> tuple[int, int]:
+    positions = getattr(config, "n_positions", None) or config.max_position_embeddings
+    return int(positions), int(config.vocab_size)
+
+
+def build_model(task: str, model: dict[str, Any], vocab_size: int, tokenizer=None):
+    """Random-init from the preset, or load ``model.init_from`` (weights included).
+
+    Called on every worker after the same seed, so ranks start from identical weights
+    without a broadcast.
+    """
+    cls = auto_class(task)
+    if model["init_from"]:
+        return cls.from_pretrained(model["init_from"])
+    return cls.from_config(preset_config(model, vocab_size, tokenizer))
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus attention's 12·L·H·T (PaLM, App. B)."""
+    n_layer = getattr(config, "n_layer", None) or config.num_hidden_layers
+    hidden = getattr(config, "n_embd", None) or config.hidden_size
+    inner = (
+        getattr(config, "n_inner", None) or getattr(config, "intermediate_size", None) or 4 * hidden
+    )
+    # Non-embedding parameters per layer: attention 4h^2, MLP 2·h·inner.
+    n_params = n_layer * (4 * hidden * hidden + 2 * hidden * inner) + config.vocab_size * hidden
+    return 6 * n_params + 12 * n_layer * hidden * seq_len

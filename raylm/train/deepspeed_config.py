@@ -1,0 +1,90 @@
+"""The one place the Hydra config becomes a DeepSpeed config.
+
+Batch sizes, precision, ZeRO stage, offload, optimizer and LR schedule all come from the
+raylm keys, so they cannot disagree with what the training loop and the metrics assume;
+``deepspeed.overrides`` is merged last for anything else DeepSpeed offers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> dict[str, Any]:
+    tr, ds = cfg["trainer"], cfg["deepspeed"]
+    zero: dict[str, Any] = {"stage": ds["zero_stage"]}
+    if ds["zero_stage"] == 3:
+        # Lets the exporter gather full weights onto rank 0 for save_pretrained.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": bool(cfg["scaling"]["use_gpu"])}
+    if ds["offload_param"]:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": bool(cfg["scaling"]["use_gpu"])}
+
+    warmup = min(tr["warmup_steps"], max_steps)
+    if tr["schedule"] == "cosine":
+        scheduler = {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max_steps,
+                "warmup_num_steps": warmup,
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": tr["min_lr_ratio"],
+                "warmup_type": "linear",
+            },
+        }
+    elif tr["schedule"] == "linear":
+        scheduler = {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": max_steps,
+                "warmup_num_steps": warmup,
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": tr["lr"],
+                "warmup_type": "linear",
+            },
+        }
+    else:
+        scheduler = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_num_steps": warmup,
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": tr["lr"],
+                "warmup_type": "linear",
+            },
+        }
+
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
+        "gradient_accumulation_steps": tr["grad_accum"],
+        "train_batch_size": tr["micro_batch_size"] * tr["grad_accum"] * world_size,
+        "gradient_clipping": tr["grad_clip"],
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": tr["lr"],
+                "betas": [tr["beta1"], tr["beta2"]],
+                "eps": 1e-8,
+                "weight_decay": tr["weight_decay"],
+            },
+        },
+        "scheduler": scheduler,
+        "bf16": {"enabled": tr["precision"] == "bf16"},
+        "fp16": {"enabled": tr["precision"] == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # raylm logs itself (rank 0, one progress bar); silence DeepSpeed's periodic prints.
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(config, ds.get("overrides") or {})

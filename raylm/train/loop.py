@@ -1,0 +1,246 @@
+"""The training loop each Ray Train worker runs: one DeepSpeed engine, every task.
+
+Read top to bottom: build -> restore -> (step, log, eval, checkpoint)* -> export.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..data.tokenizer import load_tokenizer
+from ..models import build_model, flops_per_token
+from .batches import Batcher
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data_config import shard_name
+from .deepspeed_config import deepspeed_config
+from .export import export_model
+from .metrics import MetricsLog, peak_flops, peak_memory_bytes
+
+NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: biases and norms keep weight_decay 0, as in BERT and GPT-2."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    engine, shard, batcher: Batcher, task: str, micro_batch: int, max_batches: int
+) -> dict:
+    """Mean loss over up to ``max_batches`` per rank, reduced over ranks. Masks come
+    from fixed indices, so successive evals score the same masked positions."""
+    engine.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, batches, nsp correct, nsp seen
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=micro_batch, drop_last=True)):
+        if i >= max_batches:
+            break
+        inputs = batcher(batch, -(i + 1), engine.device)
+        out = engine(**inputs)
+        sums[0] += float(out.loss)
+        sums[1] += 1
+        if task == "mlm_nsp":
+            pred = out.seq_relationship_logits.argmax(-1)
+            sums[2] += float((pred == inputs["next_sentence_label"]).sum())
+            sums[3] += pred.numel()
+    engine.train()
+    loss_sum, n, correct, seen = _all_reduce_sum(sums, engine.device)
+    if n == 0:
+        return {}
+    metrics = {"eval_loss": loss_sum / n, "eval_perplexity": math.exp(min(loss_sum / n, 50.0))}
+    if task == "mlm_nsp":
+        metrics["eval_nsp_accuracy"] = correct / max(seen, 1)
+        metrics.pop("eval_perplexity")  # the loss is MLM + NSP; its exp is no perplexity
+    return metrics
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tr, task = cfg["trainer"], cfg["task"]
+    max_steps, micro = cfg["max_steps"], tr["micro_batch_size"]
+
+    # --- build: same seed on every rank -> same initial weights, no broadcast needed
+    seed_everything(tr["seed"])
+    tokenizer = load_tokenizer(cfg["tokenizer_path"])
+    model = build_model(task, cfg["model"], cfg["vocab_size"], tokenizer)
+    if not cfg["model"]["init_from"]:
+        model.resize_token_embeddings(cfg["vocab_size"])  # no-op unless the preset differs
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        config=deepspeed_config(cfg, world, max_steps),
+        model_parameters=param_groups(model, tr["weight_decay"]),
+    )
+    tokens_per_micro = micro * tr["seq_len"]
+    fpt = flops_per_token(model.config, tr["seq_len"])
+    peak = peak_flops(tr["precision"]) if cfg["scaling"]["use_gpu"] else None
+
+    # --- restore: Ray Train hands back the latest checkpoint after a failure or on resume
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "micro": 0, "tokens": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(engine, d)
+    log = (
+        MetricsLog(cfg["output_dir"], state["step"] if checkpoint else None) if rank == 0 else None
+    )
+    bar = None
+    if rank == 0:
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=max_steps, desc=f"{task} {cfg['model']['name']}", unit="step")
+        bar.update(state["step"])
+
+    train_shard = ray.train.get_dataset_shard(shard_name("train", rank))
+    eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None
+    batcher = Batcher(task, tokenizer, tr["mlm_probability"], tr["seed"], rank)
+    window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "tokens": 0}
+    last: dict[str, Any] = {}
+
+    # --- train
+    while state["step"] < max_steps:
+        batches = train_shard.iter_torch_batches(
+            batch_size=micro,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg["data"]["shuffle_buffer"] or None,
+            local_shuffle_seed=tr["seed"] + state["epoch"]
+            if cfg["data"]["shuffle_buffer"]
+            else None,
+        )
+        for i, batch in enumerate(batches):
+            if i < state["batch_in_epoch"]:
+                continue  # consumed before the checkpoint this run restarted from
+            loss = engine(**batcher(batch, state["micro"], engine.device)).loss
+            engine.backward(loss)
+            engine.step()
+            state["batch_in_epoch"] += 1
+            state["micro"] += 1
+            window["loss"] += float(loss)
+            window["n"] += 1
+            window["tokens"] += tokens_per_micro
+            if engine.global_steps == state["step"]:
+                continue  # inside a gradient-accumulation window
+            state["step"] = step = engine.global_steps
+            state["tokens"] += tokens_per_micro * tr["grad_accum"] * world
+            if bar:
+                bar.update(1)
+
+            if step % tr["log_every"] == 0 or step == max_steps:
+                loss_sum, n, tokens = _all_reduce_sum(
+                    [window["loss"], window["n"], window["tokens"]], engine.device
+                )
+                dt = time.perf_counter() - window["t"]
+                last = {
+                    "loss": loss_sum / n,
+                    "lr": engine.get_lr()[0],
+                    "tokens_per_s": tokens / dt,
+                    "samples_per_s": tokens / tr["seq_len"] / dt,
+                    "tokens_seen": state["tokens"],
+                    "epoch": state["epoch"],
+                    "peak_memory_gb": peak_memory_bytes() / 2**30,
+                }
+                grad_norm = engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    last["grad_norm"] = float(grad_norm)
+                if peak:
+                    last["mfu"] = fpt * tokens / dt / (peak * world)
+                window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "tokens": 0}
+                if log:
+                    log.log(step, last)
+            if eval_shard is not None and (step % tr["eval_every"] == 0 or step == max_steps):
+                ev = evaluate(engine, eval_shard, batcher, task, micro, tr["eval_batches"])
+                last.update(ev)
+                if log:
+                    log.log(step, ev)
+                window["t"] = time.perf_counter()  # eval time is not training throughput
+            if bar and last:
+                bar.set_description(
+                    f"{task} loss {last['loss']:.3f}"
+                    + (f" eval {last['eval_loss']:.3f}" if "eval_loss" in last else "")
+                )
+            if step % tr["checkpoint_every"] == 0 or step == max_steps:
+                with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
+                    save_checkpoint(engine, d, state)
+                    ray.train.report(
+                        {**last, "step": step}, checkpoint=Checkpoint.from_directory(d)
+                    )
+                _maybe_inject_fault(step, rank)
+            if step >= max_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+
+    # --- export
+    if bar:
+        bar.close()
+    artifact = {
+        "task": task,
+        "model": cfg["model"]["name"],
+        "step": state["step"],
+        "tokens_seen": state["tokens"],
+        "metrics": last,
+        "config": cfg["resolved_config"],
+        "config_hash": cfg["config_hash"],
+    }
+    atol = 1e-4 if tr["precision"] == "fp32" else 5e-2
+    path = export_model(
+        engine,
+        task,
+        tokenizer,
+        os.path.join(cfg["output_dir"], "model"),
+        artifact,
+        cfg["deepspeed"]["zero_stage"],
+        atol,
+    )
+    if log:
+        log.close()
+        print(f"exported {path}")
+
+
+def _maybe_inject_fault(step: int, rank: int) -> None:
+    """Failure drills: ``RAYLM_FAULT_AT_STEP=N`` and ``RAYLM_FAULT_MARKER=path`` kill the
+    last rank's process once, right after step N's checkpoint, as a preempted node would."""
+    at, marker = os.environ.get("RAYLM_FAULT_AT_STEP"), os.environ.get("RAYLM_FAULT_MARKER")
+    if (
+        at
+        and marker
+        and step == int(at)
+        and rank == dist.get_world_size() - 1
+        and not os.path.exists(marker)
+    ):
+        open(marker, "w").close()
+        os._exit(1)

@@ -1,0 +1,213 @@
+"""``raylm pretrain``: the driver. Validate, build the data, run Ray Train, report.
+
+Everything that can be checked without a worker is checked here first, so a typo costs
+one line and no cluster start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError, validate_pretrain
+from ..config.validate import check_data_files
+from .metrics import METRICS_FILE, plot_loss_curve
+
+RUN_NAME = "train"
+
+
+def _tokenizer_source(c: dict[str, Any]) -> str:
+    tok_path = Path(c["tokenizer"]["path"]).expanduser()
+    if (tok_path / "tokenizer.json").exists() or not c["model"]["init_from"]:
+        return str(tok_path.resolve())
+    return c["model"]["init_from"]  # a model directory carries its own tokenizer
+
+
+def prepare(cfg: DictConfig) -> dict[str, Any]:
+    """Compose -> validate -> the plain dict the workers get."""
+    from ..data.tokenizer import load_tokenizer
+    from ..models.build import load_init_config, positions_and_vocab
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    validate_pretrain(c)  # cheap checks first: no file is read before these pass
+    tok_src = _tokenizer_source(c)
+    try:
+        tokenizer = load_tokenizer(tok_src)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            "tokenizer.path", f"cannot load a tokenizer from {tok_src}: {exc}"
+        ) from None
+    positions = vocab = None
+    if c["model"]["init_from"]:
+        try:
+            positions, vocab = positions_and_vocab(load_init_config(c["model"]["init_from"]))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                "model.init_from",
+                f"cannot load a model config from {c['model']['init_from']}: {exc}",
+            ) from None
+    validate_pretrain(
+        c, tokenizer_vocab=len(tokenizer), model_positions=positions, model_vocab=vocab
+    )
+    if c["task"] in ("mlm", "mlm_nsp") and tokenizer.mask_token is None:
+        raise ConfigError(
+            "tokenizer.path",
+            f"task={c['task']} needs a tokenizer with a mask token (tokenizer.type=wordpiece)",
+        )
+    if c["task"] == "clm" and tokenizer.eos_token is None:
+        raise ConfigError(
+            "tokenizer.path",
+            "task=clm needs a tokenizer with an end-of-text token (tokenizer.type=bpe)",
+        )
+
+    out = Path(c["output_dir"]).expanduser().resolve()
+    c["output_dir"] = str(out)
+    c["tokenizer_path"] = tok_src
+    c["vocab_size"] = vocab or c["model"]["vocab_size"] or len(tokenizer)
+    c["data"]["train_files"] = check_data_files(c["data"]["train_files"], "data.train_files", True)
+    c["data"]["eval_files"] = check_data_files(c["data"]["eval_files"], "data.eval_files", False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    c["resolved_config"] = resolved
+    c["config_hash"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
+    return c
+
+
+def check_output_dir(c: dict[str, Any]) -> None:
+    out = Path(c["output_dir"])
+    previous = (out / "checkpoints" / RUN_NAME).exists() or (out / METRICS_FILE).exists()
+    if c["resume"]:
+        if not (out / "checkpoints" / RUN_NAME).exists():
+            raise ConfigError(
+                "resume", f"no earlier run in {out} to resume; drop resume=true to start one"
+            )
+    elif previous:
+        if not c["overwrite"]:
+            raise ConfigError(
+                "output_dir",
+                f"{out} holds an earlier run; set resume=true to continue it or overwrite=true to replace it",
+            )
+        for name in ("checkpoints", "model", "tensorboard", METRICS_FILE, "loss_curve.png"):
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+
+def init_ray(c: dict[str, Any]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if c["ray"]["address"]:
+        ray.init(address=c["ray"]["address"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=c["ray"]["num_cpus"], include_dashboard=False)
+
+
+def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
+    import ray.data
+
+    from ..data.files import load_text_dataset
+    from ..data.pipeline import build_dataset
+
+    ray.data.DataContext.get_current().enable_progress_bars = bool(c["ray"]["verbose"])
+    tr, data = c["trainer"], c["data"]
+    out = {}
+    for name, key in (("train", "data.train_files"), ("eval", "data.eval_files")):
+        files = data[f"{name}_files"]
+        if not files:
+            continue
+        docs = load_text_dataset(files, data["text_column"], key)
+        ds = build_dataset(
+            docs,
+            c["task"],
+            c["tokenizer_path"],
+            data["text_column"],
+            tr["seq_len"],
+            data["preprocess_batch_size"],
+            tr["seed"],
+        )
+        rows = ds.count()
+        need = c["scaling"]["num_workers"] * tr["micro_batch_size"]
+        if rows < need:
+            raise ConfigError(
+                key,
+                f"gives {rows} blocks of trainer.seq_len={tr['seq_len']} tokens, fewer than one "
+                f"micro-batch per worker ({need}); add text or lower trainer.micro_batch_size",
+            )
+        out[name] = ds
+    return out
+
+
+def steps_for(c: dict[str, Any], train_rows: int) -> int:
+    tr = c["trainer"]
+    if tr["epochs"] is None:
+        return tr["max_steps"]
+    world = c["scaling"]["num_workers"]
+    per_worker_batches = (train_rows // world) // tr["micro_batch_size"]
+    return max(1, tr["epochs"] * per_worker_batches // tr["grad_accum"])
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, export, plot. Returns a summary (paths and final metrics)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .data_config import split_for_workers
+    from .loop import train_loop_per_worker
+
+    c = prepare(cfg)
+    check_output_dir(c)
+    init_ray(c)
+    datasets = build_datasets(c)
+    c["max_steps"] = steps_for(c, datasets["train"].count())
+    c["has_eval"] = "eval" in datasets
+    sc = c["scaling"]
+    resources = {"CPU": sc["cpus_per_worker"], **sc["resources_per_worker"]}
+    if sc["use_gpu"]:
+        resources["GPU"] = sc["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=c,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc["num_workers"],
+            use_gpu=sc["use_gpu"],
+            resources_per_worker=resources,
+            placement_strategy=sc["placement_strategy"],
+        ),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME,
+            storage_path=str(Path(c["output_dir"]) / "checkpoints"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=c["trainer"]["keep_checkpoints"]
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=c["trainer"]["max_failures"]),
+        ),
+        datasets=split_for_workers(datasets, sc["num_workers"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    result = trainer.fit()
+    out = Path(c["output_dir"])
+    curve = plot_loss_curve(out)
+    summary = {
+        "output_dir": str(out),
+        "model_dir": str(out / "model"),
+        "loss_curve": str(curve),
+        "metrics_file": str(out / METRICS_FILE),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "metrics": result.metrics,
+    }
+    print(
+        f"model:      {summary['model_dir']}\nloss curve: {curve}\nmetrics:    {summary['metrics_file']}"
+    )
+    return summary
