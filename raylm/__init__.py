@@ -1,3 +1,10 @@
-"""raylm: transformer language models from raw text to a served model on a Ray cluster."""
+"""raylm: transformer language models from raw text to a served model on a Ray cluster.
+
+The CLI (``raylm <command> key=value ...``) and these functions run the same code.
+"""
+
+from .api import COMMANDS, compose, run
+from .config import ConfigError
 
 __version__ = "0.1.0"
+__all__ = ["COMMANDS", "ConfigError", "compose", "run"]

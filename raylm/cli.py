@@ -7,23 +7,10 @@ exit status 2, never a traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Callable
 
+from .api import COMMANDS, command_function
 from .config import ConfigError, conf_dir, register_configs
-
-# command -> (module:function taking the composed DictConfig, one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "tokenizer": (
-        "raylm.data.tokenizer_job:run",
-        "train a BPE or WordPiece tokenizer on text files",
-    ),
-    "pretrain": (
-        "raylm.train.pretrain_job:run",
-        "pretrain a GPT-style (clm) or BERT-style (mlm, mlm_nsp) model",
-    ),
-}
 
 USAGE = """usage: raylm <command> [key=value ...] [hydra flags]
 
@@ -76,11 +63,6 @@ def _check_group_choices(command: str, overrides: list[str]) -> None:
             )
 
 
-def _load(target: str) -> Callable:
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: list[str] | None = None) -> None:
     import hydra
 
@@ -93,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(command, f"unknown command; choose one of: {', '.join(COMMANDS)}")
     _check_group_choices(command, rest)
     register_configs()
-    run = _load(COMMANDS[command][0])
+    run = command_function(command)
 
     def task(cfg) -> None:
         try:

@@ -124,7 +124,13 @@ def build_dataset(
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ds = ray.data.from_huggingface(hf_dataset)
+    # Straight from the Arrow table: ray.data.from_huggingface first looks for the data
+    # on the Hugging Face Hub, which costs tens of seconds (and fails) with no network.
+    table = hf_dataset.flatten_indices().data.table
+    rows_per_block = max(batch_size, 1) * 4
+    ds = ray.data.from_arrow(
+        [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
+    )
     kwargs = {"tokenizer_path": tokenizer_path, "column": column, "seq_len": seq_len}
     if task == "clm":
         fn = pack_causal

@@ -1,0 +1,49 @@
+"""Python entry points: the same commands as the CLI, from a notebook or a test.
+
+from raylm import compose, run
+summary = run("pretrain", ["data.train_files=[corpus.txt]", "trainer.max_steps=100"])
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .config import conf_dir, register_configs
+
+# command -> (module:function taking the composed DictConfig, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tokenizer": (
+        "raylm.data.tokenizer_job:run",
+        "train a BPE or WordPiece tokenizer on text files",
+    ),
+    "pretrain": (
+        "raylm.train.pretrain_job:run",
+        "pretrain a GPT-style (clm) or BERT-style (mlm, mlm_nsp) model",
+    ),
+}
+
+
+def command_function(command: str) -> Callable[[DictConfig], Any]:
+    module, func = COMMANDS[command][0].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<command>.yaml`` with overrides, exactly as the CLI would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name=command, overrides=list(overrides))
+
+
+def run(command: str, overrides: Sequence[str] = ()) -> Any:
+    """Compose and run a command in this process; raises ``ConfigError`` on bad input."""
+    return command_function(command)(compose(command, overrides))

@@ -1,0 +1,74 @@
+"""Shared fixtures: one real local Ray cluster per session, a generated corpus, tokenizers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Small enough that a run takes seconds on two cores, large enough that losses fall clearly.
+FAST = [
+    "trainer.seq_len=64",
+    "trainer.micro_batch_size=8",
+    "trainer.lr=3e-3",
+    "trainer.warmup_steps=5",
+    "trainer.log_every=5",
+    "trainer.eval_batches=4",
+    "scaling.num_workers=2",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    # Logical CPUs above the machine's 2 cores: two 1-CPU train workers plus headroom for
+    # Ray Data tasks, on CI as here.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    from raylm.data.synthetic import write_corpus
+
+    d = tmp_path_factory.mktemp("corpus")
+    return {
+        "train": write_corpus(d / "train.txt", 600, seed=0),
+        "eval": write_corpus(d / "eval.txt", 120, seed=1),
+    }
+
+
+@pytest.fixture(scope="session")
+def tokenizers(corpus, tmp_path_factory) -> dict[str, Path]:
+    import raylm
+
+    d = tmp_path_factory.mktemp("tokenizers")
+    out = {}
+    for kind in ("bpe", "wordpiece"):
+        raylm.run(
+            "tokenizer",
+            [
+                f"data.train_files=[{corpus['train']}]",
+                f"tokenizer.path={d / kind}",
+                f"tokenizer.type={kind}",
+                "tokenizer.vocab_size=600",
+            ],
+        )
+        out[kind] = d / kind
+    return out
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(output_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(output_dir) if "loss" in r]
