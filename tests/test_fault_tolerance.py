@@ -1,0 +1,140 @@
+"""Failures and restarts: a killed worker and a killed driver both end where an
+uninterrupted run ends, because checkpoints carry engine, RNG and data position."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, losses, read_metrics
+from safetensors.torch import load_file
+
+import raylm
+
+pytestmark = pytest.mark.slow
+
+# Wide enough that a step takes a noticeable fraction of a second on CPU, so the test can
+# kill a process between the first checkpoint and the last step. Dropout on: restoring
+# RNG state matters for the result.
+RUN = [
+    *FAST,
+    "model.hidden_size=192",
+    "model.num_layers=4",
+    "model.num_heads=4",
+    "model.dropout=0.1",
+    "trainer.max_steps=30",
+    "trainer.checkpoint_every=10",
+    "trainer.log_every=1",
+    "trainer.eval_every=1000",
+]
+
+
+def overrides(corpus, tokenizers, out: Path, *extra: str) -> list[str]:
+    return [
+        *RUN,
+        f"data.train_files=[{corpus['train']}]",
+        f"tokenizer.path={tokenizers['bpe']}",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def wait_for_step(out: Path, step: int, timeout: float = 300, proc=None) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"run ended early with {proc.returncode}")
+        if (out / "metrics.jsonl").exists():
+            steps = [r["step"] for r in read_metrics(out) if "loss" in r]
+            if steps and steps[-1] >= step:
+                return steps[-1]
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def train_worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = (
+        load_file(a / "model" / "model.safetensors"),
+        load_file(b / "model" / "model.safetensors"),
+    )
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, corpus, tokenizers, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ft") / "reference"
+    raylm.run("pretrain", overrides(corpus, tokenizers, out))
+    return out
+
+
+def test_killed_worker_restarts_from_checkpoint(uninterrupted, corpus, tokenizers, tmp_path):
+    out = tmp_path / "killed"
+    errors: list[BaseException] = []
+
+    def train():
+        try:
+            raylm.run("pretrain", overrides(corpus, tokenizers, out, "trainer.max_failures=1"))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    step = wait_for_step(out, 13)
+    pids = train_worker_pids()
+    assert len(pids) == 2
+    os.kill(pids[-1], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not errors, errors
+    assert step < 30, "the worker must die before the run ends"
+    assert set(train_worker_pids()).isdisjoint(pids)
+    # The restarted group resumed from step 10: metrics past it were rewritten, not duplicated.
+    steps = [s for s, _ in losses(out)]
+    assert steps == list(range(1, 31))
+    assert_same_weights(out, uninterrupted)
+    ref = dict(losses(uninterrupted))
+    for s, loss in losses(out):
+        assert loss == pytest.approx(ref[s], rel=1e-4), s
+
+
+def test_resume_after_driver_killed(uninterrupted, ray_cluster, corpus, tokenizers, tmp_path):
+    out = tmp_path / "stopped"
+    address = ray_cluster.get_runtime_context().gcs_address
+    args = overrides(corpus, tokenizers, out, f"ray.address={address}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raylm", "pretrain", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        step = wait_for_step(out, 13, proc=proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert step < 30
+    assert not (out / "model").exists()
+    # Ray ends a dead driver's actors; wait until its workers are gone.
+    deadline = time.time() + 60
+    while train_worker_pids() and time.time() < deadline:
+        time.sleep(0.2)
+
+    # Without resume=true the earlier run is protected...
+    with pytest.raises(raylm.ConfigError, match="set resume=true"):
+        raylm.run("pretrain", overrides(corpus, tokenizers, out))
+    # ...with it, training continues from the last checkpoint and ends where the uninterrupted run did.
+    raylm.run("pretrain", overrides(corpus, tokenizers, out, "resume=true"))
+    assert [s for s, _ in losses(out)] == list(range(1, 31))
+    assert_same_weights(out, uninterrupted)
