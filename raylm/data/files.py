@@ -43,8 +43,10 @@ def load_text_dataset(files: list[str], text_column: str, key: str = "data.train
         ds = datasets.load_dataset(
             kind, data_files=[str(p) for p in paths], split="train", **kwargs
         )
-        if kind == "text" and text_column != "text":
-            ds = ds.rename_column("text", text_column)
+        if kind == "text":
+            ds = ds.map(lambda t: {"text": t.strip()}, input_columns="text")
+            if text_column != "text":
+                ds = ds.rename_column("text", text_column)
     if text_column not in ds.column_names:
         raise ConfigError(
             "data.text_column",

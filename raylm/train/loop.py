@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .._internal.logs import quiet_libraries
 from ..data.tokenizer import load_tokenizer
 from ..models import build_model, flops_per_token
 from .batches import Batcher
@@ -88,6 +89,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    quiet_libraries(cfg["ray"]["verbose"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     tr, task = cfg["trainer"], cfg["task"]
@@ -148,7 +150,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             engine.step()
             state["batch_in_epoch"] += 1
             state["micro"] += 1
-            window["loss"] += float(loss)
+            window["loss"] += loss.detach().item()
             window["n"] += 1
             window["tokens"] += tokens_per_micro
             if engine.global_steps == state["step"]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_pretrain
 from ..config.validate import check_data_files
 from .metrics import METRICS_FILE, plot_loss_curve
@@ -111,7 +112,7 @@ def init_ray(c: dict[str, Any]) -> None:
     if c["ray"]["address"]:
         ray.init(address=c["ray"]["address"], log_to_driver=True)
     else:
-        ray.init(num_cpus=c["ray"]["num_cpus"], include_dashboard=False)
+        ray.init(num_cpus=c["ray"]["num_cpus"])
 
 
 def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +168,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from .loop import train_loop_per_worker
 
     c = prepare(cfg)
+    quiet_libraries(c["ray"]["verbose"])
     check_output_dir(c)
     init_ray(c)
     datasets = build_datasets(c)
