@@ -152,3 +152,16 @@ def test_deepspeed_config_is_derived_from_trainer_keys():
     assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu"
     assert zero["offload_optimizer"]["device"] == "cpu"
     assert zero["reduce_bucket_size"] == 1000  # the free override lands beside derived keys
+
+
+def test_wheel_ships_the_config_tree(tmp_path):
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("raylm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {p.relative_to(root).as_posix() for p in (root / "conf").rglob("*.yaml")}
+    assert expected and {f"raylm/{n}" for n in expected} <= names
