@@ -29,15 +29,19 @@ from raylm.train.metrics import peak_flops, peak_memory_bytes
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "cpus": torch.get_num_threads(),
-            "torch": torch.__version__}
+    info = {
+        "platform": platform.platform(),
+        "cpus": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
 
 
-def plain_pytorch(model_cfg: dict, vocab: int, seq_len: int, batch: int, steps: int,
-                  precision: str, use_gpu: bool) -> dict:
+def plain_pytorch(
+    model_cfg: dict, vocab: int, seq_len: int, batch: int, steps: int, precision: str, use_gpu: bool
+) -> dict:
     device = "cuda" if use_gpu else "cpu"
     torch.manual_seed(0)
     model = build_model("clm", model_cfg, vocab).to(device).train()
@@ -59,8 +63,11 @@ def plain_pytorch(model_cfg: dict, vocab: int, seq_len: int, batch: int, steps: 
             times.append(time.perf_counter() - t)
     tps = batch * seq_len / statistics.median(times)
     peak = peak_flops(precision) if use_gpu else None
-    return {"tokens_per_s": tps, "mfu": flops_per_token(model.config, seq_len) * tps / peak if peak else None,
-            "peak_memory_gb": peak_memory_bytes() / 2**30}
+    return {
+        "tokens_per_s": tps,
+        "mfu": flops_per_token(model.config, seq_len) * tps / peak if peak else None,
+        "peak_memory_gb": peak_memory_bytes() / 2**30,
+    }
 
 
 def main() -> None:
@@ -78,34 +85,62 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="raylm-bench-"))
     corpus = write_corpus(work / "train.txt", 4000)
-    raylm.run("tokenizer", [f"data.train_files=[{corpus}]", f"tokenizer.path={work / 'tok'}",
-                            "tokenizer.vocab_size=1000"])
-    overrides = [f"model={a.model}", f"deepspeed=zero{a.zero}", f"scaling={'gpu' if a.use_gpu else 'cpu'}",
-                 f"scaling.num_workers={a.workers}", f"data.train_files=[{corpus}]",
-                 f"tokenizer.path={work / 'tok'}", f"output_dir={work / 'run'}",
-                 f"trainer.max_steps={a.steps}", f"trainer.seq_len={a.seq_len}",
-                 f"trainer.micro_batch_size={a.micro_batch}", f"trainer.precision={a.precision}",
-                 "trainer.log_every=5", "trainer.checkpoint_every=100000", "trainer.eval_every=100000"]
+    raylm.run(
+        "tokenizer",
+        [
+            f"data.train_files=[{corpus}]",
+            f"tokenizer.path={work / 'tok'}",
+            "tokenizer.vocab_size=1000",
+        ],
+    )
+    overrides = [
+        f"model={a.model}",
+        f"deepspeed=zero{a.zero}",
+        f"scaling={'gpu' if a.use_gpu else 'cpu'}",
+        f"scaling.num_workers={a.workers}",
+        f"data.train_files=[{corpus}]",
+        f"tokenizer.path={work / 'tok'}",
+        f"output_dir={work / 'run'}",
+        f"trainer.max_steps={a.steps}",
+        f"trainer.seq_len={a.seq_len}",
+        f"trainer.micro_batch_size={a.micro_batch}",
+        f"trainer.precision={a.precision}",
+        "trainer.log_every=5",
+        "trainer.checkpoint_every=100000",
+        "trainer.eval_every=100000",
+    ]
     raylm.run("pretrain", overrides)
     rows = [json.loads(x) for x in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "tokens_per_s" in r][1:]  # the first window includes start-up
-    ours = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
-            "mfu": statistics.median(r["mfu"] for r in rows) if "mfu" in rows[0] else None,
-            "peak_memory_gb": max(r["peak_memory_gb"] for r in rows)}
+    ours = {
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+        "mfu": statistics.median(r["mfu"] for r in rows) if "mfu" in rows[0] else None,
+        "peak_memory_gb": max(r["peak_memory_gb"] for r in rows),
+    }
 
     cfg = raylm.compose("pretrain", overrides)
     from omegaconf import OmegaConf
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     vocab = model_cfg["vocab_size"] or len(raylm.data.load_tokenizer(str(work / "tok")))
-    plain = plain_pytorch(model_cfg, vocab, a.seq_len, a.micro_batch * a.workers, a.steps,
-                          a.precision, a.use_gpu)
+    plain = plain_pytorch(
+        model_cfg, vocab, a.seq_len, a.micro_batch * a.workers, a.steps, a.precision, a.use_gpu
+    )
     result = {
-        "benchmark": "train_throughput", "machine": machine(),
-        "config": {"model": a.model, "seq_len": a.seq_len, "micro_batch": a.micro_batch,
-                   "workers": a.workers, "zero_stage": a.zero, "precision": a.precision,
-                   "global_batch": a.micro_batch * a.workers, "steps": a.steps},
-        "raylm": ours, "plain_pytorch": plain,
+        "benchmark": "train_throughput",
+        "machine": machine(),
+        "config": {
+            "model": a.model,
+            "seq_len": a.seq_len,
+            "micro_batch": a.micro_batch,
+            "workers": a.workers,
+            "zero_stage": a.zero,
+            "precision": a.precision,
+            "global_batch": a.micro_batch * a.workers,
+            "steps": a.steps,
+        },
+        "raylm": ours,
+        "plain_pytorch": plain,
         "raylm_vs_plain": ours["tokens_per_s"] / plain["tokens_per_s"],
     }
     out = Path(a.out)

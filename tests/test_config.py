@@ -159,8 +159,12 @@ def test_wheel_ships_the_config_tree(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("raylm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {p.relative_to(root).as_posix() for p in (root / "conf").rglob("*.yaml")}

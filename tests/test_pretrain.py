@@ -176,3 +176,27 @@ def test_zero3_export_is_complete(zero_runs):
     for name in z0:
         assert z3[name].shape == z0[name].shape and z3[name].numel() > 0
         torch.testing.assert_close(z3[name], z0[name], rtol=1e-3, atol=1e-4)
+
+
+def test_zero3_cpu_offload_trains_like_zero0(zero_runs, corpus, tokenizers, tmp_path):
+    """ZeRO-3 with parameters and optimizer states offloaded (DeepSpeedCPUAdam) on CPU."""
+    out, _ = pretrain(
+        tmp_path,
+        "offload",
+        corpus,
+        tokenizers["bpe"],
+        "deepspeed=zero3_offload",
+        "trainer.max_steps=20",
+        "trainer.eval_every=20",
+        "trainer.checkpoint_every=10",
+        "model.dropout=0.1",
+    )
+    reference = losses(zero_runs[0])
+    curve = losses(out)
+    assert [s for s, _ in curve] == [s for s, _ in reference]
+    for (_, a), (_, b) in zip(curve, reference, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-3), (curve, reference)
+    assert (
+        json.loads((out / "model" / "raylm.json").read_text())["export_check"]["max_abs_logit_diff"]
+        <= 1e-4
+    )

@@ -61,7 +61,7 @@ class DeepSpeedConfig:
     offload_optimizer: bool = False
     offload_param: bool = False
     # Any DeepSpeed key, merged last over the derived config, e.g.
-    # deepspeed.overrides.zero_optimization.reduce_bucket_size=50000000
+    # +deepspeed.overrides.zero_optimization.reduce_bucket_size=50000000
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
