@@ -169,3 +169,25 @@ def test_wheel_ships_the_config_tree(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {p.relative_to(root).as_posix() for p in (root / "conf").rglob("*.yaml")}
     assert expected and {f"raylm/{n}" for n in expected} <= names
+
+
+def test_epochs_set_max_steps_from_the_packed_dataset():
+    from omegaconf import OmegaConf
+
+    from raylm.train.pretrain_job import steps_for
+
+    c = OmegaConf.to_container(
+        raylm.compose(
+            "pretrain",
+            [
+                "trainer.epochs=3",
+                "trainer.micro_batch_size=4",
+                "trainer.grad_accum=2",
+                "scaling.num_workers=2",
+            ],
+        )
+    )
+    # 100 rows -> 50 per worker -> 12 micro-batches -> 6 steps per epoch.
+    assert steps_for(c, 100) == 18
+    c["trainer"]["epochs"] = None
+    assert steps_for(c, 100) == c["trainer"]["max_steps"]

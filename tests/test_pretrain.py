@@ -89,6 +89,34 @@ def test_clm_learns_and_exports(ray_cluster, corpus, tokenizers, tmp_path):
         torch.testing.assert_close(exported[name], tensor, rtol=0, atol=0)
 
 
+def test_init_from_continues_an_exported_model(clm_run, corpus, tmp_path):
+    """model.init_from: weights and tokenizer come from a save_pretrained directory."""
+    first, _ = clm_run
+    model_dir = first / "model"
+    out, _ = pretrain(
+        tmp_path,
+        "continued",
+        corpus,
+        tmp_path / "no-tokenizer-here",
+        f"model.init_from={model_dir}",
+        "trainer.max_steps=10",
+        "trainer.eval_every=10",
+        "trainer.checkpoint_every=10",
+        "trainer.warmup_steps=0",
+        "trainer.lr=3e-4",
+    )
+    start = losses(out)[0][1]
+    assert start < losses(first)[0][1] * 0.6  # starts where the first run ended, not from scratch
+    meta = json.loads((out / "model" / "raylm.json").read_text())
+    assert meta["model"] == str(model_dir) and meta["export_check"]["max_abs_logit_diff"] <= 1e-4
+    # An architecture that cannot do the task is refused before any worker starts.
+    with pytest.raises(raylm.ConfigError, match="does not fit model.init_from") as err:
+        pretrain(
+            tmp_path, "bad", corpus, tmp_path / "none", f"model.init_from={model_dir}", "task=mlm"
+        )
+    assert err.value.key == "task"
+
+
 def test_mlm_learns_and_exports(ray_cluster, corpus, tokenizers, tmp_path):
     from transformers import AutoModelForMaskedLM
 

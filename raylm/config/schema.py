@@ -148,14 +148,8 @@ SCHEMAS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Store each command's schema as ``<command>_schema`` and each group's as
-    ``<group>/schema`` so the YAML files can name them in their defaults lists."""
+    """Store each command's schema as ``<command>_schema``; its YAML lists it first in its
+    defaults, so every group option (model/*.yaml, ...) merges onto typed fields."""
     cs = ConfigStore.instance()
     for command, schema in SCHEMAS.items():
         cs.store(name=f"{command}_schema", node=schema)
-    for group, schema in {
-        "model": ModelConfig,
-        "deepspeed": DeepSpeedConfig,
-        "scaling": ScalingConfig,
-    }.items():
-        cs.store(group=group, name="schema", node=schema)

@@ -69,15 +69,13 @@ def validate_tokenizer_job(cfg: Mapping[str, Any]) -> None:
 
 
 def validate_pretrain(
-    cfg: Mapping[str, Any],
-    tokenizer_vocab: int | None = None,
-    model_positions: int | None = None,
-    model_vocab: int | None = None,
+    cfg: Mapping[str, Any], tokenizer_vocab: int | None = None, init_config: Any = None
 ) -> None:
     """Check a composed ``raylm pretrain`` config.
 
-    ``tokenizer_vocab``, ``model_positions`` and ``model_vocab`` come from the tokenizer
-    and (for ``model.init_from``) the model config on disk, which only the caller reads.
+    ``tokenizer_vocab`` and ``init_config`` (the transformers config of
+    ``model.init_from``) come from files only the caller reads; without them the checks
+    that need them are skipped, so this runs once cheaply and once in full.
     """
     task = cfg["task"]
     if task not in TASKS:
@@ -86,7 +84,16 @@ def validate_pretrain(
     family = model["family"]
     if family not in FAMILY_TASKS:
         raise ConfigError("model.family", f"must be one of {tuple(FAMILY_TASKS)}, got {family!r}")
-    if task not in FAMILY_TASKS[family]:
+    if init_config is not None:
+        from ..models.build import supports_task
+
+        if not supports_task(init_config, task):
+            raise ConfigError(
+                "task",
+                f"{task!r} does not fit model.init_from={model['init_from']} "
+                f"({init_config.model_type}); allowed: {', '.join(t for t in TASKS if supports_task(init_config, t))}",
+            )
+    elif task not in FAMILY_TASKS[family]:
         raise ConfigError(
             "task",
             f"{task!r} does not fit model {model['name']!r} ({family}); "
@@ -139,7 +146,12 @@ def validate_pretrain(
     if task == "mlm_nsp" and tr["seq_len"] < 16:
         raise ConfigError("trainer.seq_len", f"must be >= 16 for mlm_nsp, got {tr['seq_len']}")
 
-    positions = model_positions or model["max_positions"]
+    if init_config is not None:
+        from ..models.build import positions_and_vocab
+
+        positions, model_vocab = positions_and_vocab(init_config)
+    else:
+        positions, model_vocab = model["max_positions"], None
     if tr["seq_len"] > positions:
         raise ConfigError(
             "trainer.seq_len",

@@ -66,6 +66,11 @@ def load_init_config(init_from: str):
     return AutoConfig.from_pretrained(init_from)
 
 
+def supports_task(config, task: str) -> bool:
+    """Whether the task's Auto class has a model class for this config's architecture."""
+    return type(config) in auto_class(task)._model_mapping
+
+
 def positions_and_vocab(config) -> tuple[int, int]:
     positions = getattr(config, "n_positions", None) or config.max_position_embeddings
     return int(positions), int(config.vocab_size)

@@ -65,21 +65,27 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
             },
         }
 
+    optimizer = {
+        "type": "AdamW",
+        "params": {
+            "lr": tr["lr"],
+            "betas": [tr["beta1"], tr["beta2"]],
+            "eps": 1e-8,
+            "weight_decay": tr["weight_decay"],
+        },
+    }
+    if not cfg["scaling"]["use_gpu"] and not ds["offload_optimizer"]:
+        # On CPU DeepSpeed's FusedAdam is a C++ op JIT-compiled on first use; torch's AdamW
+        # is the same update with no compile step and the same result on every start.
+        optimizer["params"]["torch_adam"] = True
+
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
         "gradient_accumulation_steps": tr["grad_accum"],
         "train_batch_size": tr["micro_batch_size"] * tr["grad_accum"] * world_size,
         "gradient_clipping": tr["grad_clip"],
         "zero_optimization": zero,
-        "optimizer": {
-            "type": "AdamW",
-            "params": {
-                "lr": tr["lr"],
-                "betas": [tr["beta1"], tr["beta2"]],
-                "eps": 1e-8,
-                "weight_decay": tr["weight_decay"],
-            },
-        },
+        "optimizer": optimizer,
         "scheduler": scheduler,
         "bf16": {"enabled": tr["precision"] == "bf16"},
         "fp16": {"enabled": tr["precision"] == "fp16", "loss_scale": 0, "initial_scale_power": 16},

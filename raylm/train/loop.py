@@ -99,8 +99,6 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     seed_everything(tr["seed"])
     tokenizer = load_tokenizer(cfg["tokenizer_path"])
     model = build_model(task, cfg["model"], cfg["vocab_size"], tokenizer)
-    if not cfg["model"]["init_from"]:
-        model.resize_token_embeddings(cfg["vocab_size"])  # no-op unless the preset differs
     engine, *_ = deepspeed.initialize(
         model=model,
         config=deepspeed_config(cfg, world, max_steps),
@@ -129,7 +127,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard(shard_name("train", rank))
     eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None
     batcher = Batcher(task, tokenizer, tr["mlm_probability"], tr["seed"], rank)
-    window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "tokens": 0}
+    # Loss is summed on the device and read once per log step: no host sync per micro-batch.
+    zero = torch.zeros((), device=engine.device)
+    window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
     last: dict[str, Any] = {}
 
     # --- train
@@ -150,7 +150,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             engine.step()
             state["batch_in_epoch"] += 1
             state["micro"] += 1
-            window["loss"] += loss.detach().item()
+            window["loss"] += loss.detach().float()
             window["n"] += 1
             window["tokens"] += tokens_per_micro
             if engine.global_steps == state["step"]:
@@ -162,7 +162,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
             if step % tr["log_every"] == 0 or step == max_steps:
                 loss_sum, n, tokens = _all_reduce_sum(
-                    [window["loss"], window["n"], window["tokens"]], engine.device
+                    [window["loss"].item(), window["n"], window["tokens"]], engine.device
                 )
                 dt = time.perf_counter() - window["t"]
                 last = {
@@ -179,16 +179,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     last["grad_norm"] = float(grad_norm)
                 if peak:
                     last["mfu"] = fpt * tokens / dt / (peak * world)
-                window = {"loss": 0.0, "n": 0, "t": time.perf_counter(), "tokens": 0}
+                window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
                 if log:
                     log.log(step, last)
+            paused = time.perf_counter()
             if eval_shard is not None and (step % tr["eval_every"] == 0 or step == max_steps):
                 ev = evaluate(engine, eval_shard, batcher, task, micro, tr["eval_batches"])
                 last.update(ev)
                 if log:
                     log.log(step, ev)
-                window["t"] = time.perf_counter()  # eval time is not training throughput
-            if bar and last:
+            if bar and "loss" in last:
                 bar.set_description(
                     f"{task} loss {last['loss']:.3f}"
                     + (f" eval {last['eval_loss']:.3f}" if "eval_loss" in last else "")
@@ -199,7 +199,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     ray.train.report(
                         {**last, "step": step}, checkpoint=Checkpoint.from_directory(d)
                     )
-                _maybe_inject_fault(step, rank)
+            # Eval and checkpoint time is not training throughput.
+            window["t"] += time.perf_counter() - paused
             if step >= max_steps:
                 break
         else:
@@ -231,18 +232,3 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if log:
         log.close()
         print(f"exported {path}")
-
-
-def _maybe_inject_fault(step: int, rank: int) -> None:
-    """Failure drills: ``RAYLM_FAULT_AT_STEP=N`` and ``RAYLM_FAULT_MARKER=path`` kill the
-    last rank's process once, right after step N's checkpoint, as a preempted node would."""
-    at, marker = os.environ.get("RAYLM_FAULT_AT_STEP"), os.environ.get("RAYLM_FAULT_MARKER")
-    if (
-        at
-        and marker
-        and step == int(at)
-        and rank == dist.get_world_size() - 1
-        and not os.path.exists(marker)
-    ):
-        open(marker, "w").close()
-        os._exit(1)

@@ -33,10 +33,21 @@ def _tokenizer_source(c: dict[str, Any]) -> str:
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     """Compose -> validate -> the plain dict the workers get."""
     from ..data.tokenizer import load_tokenizer
-    from ..models.build import load_init_config, positions_and_vocab
+    from ..models.build import load_init_config
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    validate_pretrain(c)  # cheap checks first: no file is read before these pass
+    init_config = None
+    if c["model"]["init_from"]:
+        try:
+            init_config = load_init_config(c["model"]["init_from"])
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                "model.init_from",
+                f"cannot load a model config from {c['model']['init_from']}: {exc}",
+            ) from None
+        # The architecture is the directory's, not the preset's: name it so in raylm.json.
+        c["model"]["name"] = str(c["model"]["init_from"])
+    validate_pretrain(c, init_config=init_config)  # before the tokenizer is read
     tok_src = _tokenizer_source(c)
     try:
         tokenizer = load_tokenizer(tok_src)
@@ -44,18 +55,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "tokenizer.path", f"cannot load a tokenizer from {tok_src}: {exc}"
         ) from None
-    positions = vocab = None
-    if c["model"]["init_from"]:
-        try:
-            positions, vocab = positions_and_vocab(load_init_config(c["model"]["init_from"]))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                "model.init_from",
-                f"cannot load a model config from {c['model']['init_from']}: {exc}",
-            ) from None
-    validate_pretrain(
-        c, tokenizer_vocab=len(tokenizer), model_positions=positions, model_vocab=vocab
-    )
+    validate_pretrain(c, tokenizer_vocab=len(tokenizer), init_config=init_config)
     if c["task"] in ("mlm", "mlm_nsp") and tokenizer.mask_token is None:
         raise ConfigError(
             "tokenizer.path",
@@ -70,7 +70,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     out = Path(c["output_dir"]).expanduser().resolve()
     c["output_dir"] = str(out)
     c["tokenizer_path"] = tok_src
-    c["vocab_size"] = vocab or c["model"]["vocab_size"] or len(tokenizer)
+    c["vocab_size"] = (
+        init_config.vocab_size if init_config else c["model"]["vocab_size"] or len(tokenizer)
+    )
     c["data"]["train_files"] = check_data_files(c["data"]["train_files"], "data.train_files", True)
     c["data"]["eval_files"] = check_data_files(c["data"]["eval_files"], "data.eval_files", False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
