@@ -48,11 +48,10 @@ def logits_of(model, vocab, seq_len=32):
     )
 
 
-def test_clm_learns_and_exports(ray_cluster, corpus, tokenizers, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    out, summary = pretrain(
-        tmp_path,
+@pytest.fixture(scope="module")
+def clm_run(ray_cluster, corpus, tokenizers, tmp_path_factory):
+    return pretrain(
+        tmp_path_factory.mktemp("clm"),
         "clm",
         corpus,
         tokenizers["bpe"],
@@ -60,6 +59,12 @@ def test_clm_learns_and_exports(ray_cluster, corpus, tokenizers, tmp_path):
         "trainer.eval_every=20",
         "trainer.checkpoint_every=20",
     )
+
+
+def test_clm_learns_and_exports(clm_run):
+    from transformers import AutoModelForCausalLM
+
+    out, summary = clm_run
     curve = assert_loss_falls(out, 0.6)
     assert [s for s, _ in curve][-1] == 40
     row = read_metrics(out)[-2]

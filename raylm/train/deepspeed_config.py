@@ -31,7 +31,8 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
     if ds["offload_param"]:
         zero["offload_param"] = {"device": "cpu", "pin_memory": bool(cfg["scaling"]["use_gpu"])}
 
-    warmup = min(tr["warmup_steps"], max_steps)
+    # DeepSpeed's schedulers need at least one warmup step; 0 means "as short as allowed".
+    warmup = max(1, min(tr["warmup_steps"], max_steps))
     if tr["schedule"] == "cosine":
         scheduler = {
             "type": "WarmupCosineLR",
