@@ -21,8 +21,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a BPE or WordPiece tokenizer on text files",
     ),
     "pretrain": (
-        "raylm.train.pretrain_job:run",
+        "raylm.train.job:run",
         "pretrain a GPT-style (clm) or BERT-style (mlm, mlm_nsp) model",
+    ),
+    "finetune": (
+        "raylm.train.job:run",
+        "fine-tune a model for sequence classification (seq_cls)",
     ),
 }
 

@@ -174,7 +174,7 @@ def test_wheel_ships_the_config_tree(tmp_path):
 def test_epochs_set_max_steps_from_the_packed_dataset():
     from omegaconf import OmegaConf
 
-    from raylm.train.pretrain_job import steps_for
+    from raylm.train.job import steps_for
 
     c = OmegaConf.to_container(
         raylm.compose(

@@ -44,6 +44,11 @@ class DataConfig:
     shuffle_buffer: int = 256
     # Documents per Ray Data map_batches call when tokenizing and packing.
     preprocess_batch_size: int = 256
+    # Fine-tuning: the label column, an optional fixed label list (else the training
+    # data's labels), and the seeded held-out fraction used when eval_files is empty.
+    label_column: str = "label"
+    labels: list[str] = field(default_factory=list)
+    eval_fraction: float = 0.1
 
 
 @dataclass
@@ -141,9 +146,17 @@ class PretrainJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+@dataclass
+class FinetuneJobConfig(PretrainJobConfig):
+    """``raylm finetune``: sequence classification on the pretraining loop."""
+
+    task: str = "seq_cls"
+
+
 SCHEMAS: dict[str, type] = {
     "tokenizer": TokenizerJobConfig,
     "pretrain": PretrainJobConfig,
+    "finetune": FinetuneJobConfig,
 }
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-TASKS = ("clm", "mlm", "mlm_nsp")
-FAMILY_TASKS = {"gpt2": ("clm",), "bert": ("mlm", "mlm_nsp")}
+TASKS = ("clm", "mlm", "mlm_nsp", "seq_cls")
+CLASSIFICATION_TASKS = ("seq_cls",)
+FAMILY_TASKS = {"gpt2": ("clm", "seq_cls"), "bert": ("mlm", "mlm_nsp", "seq_cls")}
 TOKENIZER_TYPES = ("bpe", "wordpiece")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -195,6 +196,14 @@ def validate_pretrain(
     check_data_files(cfg["data"]["eval_files"], "data.eval_files", required=False)
     if not str(cfg["data"]["text_column"]).strip():
         raise ConfigError("data.text_column", "must name a column")
+    if task in CLASSIFICATION_TASKS:
+        if not str(cfg["data"]["label_column"]).strip():
+            raise ConfigError("data.label_column", "must name a column")
+        if not cfg["data"]["eval_files"] and not 0 < cfg["data"]["eval_fraction"] < 1:
+            raise ConfigError(
+                "data.eval_fraction",
+                f"must be in (0, 1) when data.eval_files is empty, got {cfg['data']['eval_fraction']}",
+            )
 
     tok_path = Path(os.path.expanduser(str(cfg["tokenizer"]["path"])))
     if not model["init_from"] and not (tok_path / "tokenizer.json").exists():

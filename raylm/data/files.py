@@ -17,7 +17,12 @@ BUILDERS = {
 }
 
 
-def load_text_dataset(files: list[str], text_column: str, key: str = "data.train_files"):
+def load_text_dataset(
+    files: list[str],
+    text_column: str,
+    key: str = "data.train_files",
+    extra_columns: tuple[str, ...] = (),
+):
     """Load ``files`` as one ``datasets.Dataset`` with a non-empty string column ``text_column``.
 
     Plain-text files are read one document per paragraph (blank-line separated), the
@@ -52,8 +57,17 @@ def load_text_dataset(files: list[str], text_column: str, key: str = "data.train
             "data.text_column",
             f"column {text_column!r} not found in {key}; columns: {', '.join(ds.column_names)}",
         )
-    ds = ds.select_columns([text_column])
+    for column, config_key in zip(extra_columns, ("data.label_column",), strict=False):
+        if column not in ds.column_names:
+            raise ConfigError(
+                config_key,
+                f"column {column!r} not found in {key}; columns: {', '.join(ds.column_names)}",
+            )
+    ds = ds.select_columns([text_column, *extra_columns])
+    rows = len(ds)
     ds = ds.filter(lambda t: isinstance(t, str) and t.strip() != "", input_columns=text_column)
     if len(ds) == 0:
         raise ConfigError(key, f"holds no non-empty {text_column!r} rows")
+    if len(ds) < rows:
+        print(f"{key}: dropped {rows - len(ds)} rows with an empty {text_column!r}")
     return ds

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .labeled import encode_classification
 from .tokenizer import load_tokenizer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -118,6 +119,8 @@ def build_dataset(
     seq_len: int,
     batch_size: int,
     seed: int,
+    label_column: str | None = None,
+    labels: list[str] | None = None,
 ):
     """Documents (a ``datasets.Dataset``) -> a materialized Ray Dataset of training rows."""
     import ray.data
@@ -138,6 +141,11 @@ def build_dataset(
         fn = pack_masked
     elif task == "mlm_nsp":
         fn, kwargs = pair_sentences, {**kwargs, "seed": seed}
+    elif task == "seq_cls":
+        fn, kwargs = (
+            encode_classification,
+            {**kwargs, "label_column": label_column, "labels": labels},
+        )
     else:
         raise ValueError(f"unknown task {task!r}")
     return ds.map_batches(

@@ -51,6 +51,36 @@ def documents(n_docs: int, seed: int = 0, sentences: tuple[int, int] = (4, 8)) -
     ]
 
 
+def labeled_documents(
+    n_docs: int, seed: int = 0, sentences: tuple[int, int] = (1, 3)
+) -> list[dict]:
+    """Short documents labeled with their topic: a learnable classification task."""
+    rng = random.Random(seed)
+    topics = sorted(TOPICS)
+    rows = []
+    for _ in range(n_docs):
+        topic = rng.choice(topics)
+        text = " ".join(sentence(rng, topic) for _ in range(rng.randint(*sentences)))
+        rows.append({"text": text, "label": topic})
+    return rows
+
+
+def write_labeled(path: str | Path, n_docs: int, seed: int = 0) -> Path:
+    """Write ``{"text", "label"}`` rows as ``.jsonl`` (or ``.csv`` / ``.parquet``)."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(labeled_documents(n_docs, seed))
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
 def write_corpus(path: str | Path, n_docs: int, seed: int = 0) -> Path:
     """Write ``.txt`` (blank line between documents) or ``.jsonl`` ({"text": ...})."""
     path = Path(path)

@@ -13,6 +13,7 @@ AUTO_CLASS = {
     "clm": "AutoModelForCausalLM",
     "mlm": "AutoModelForMaskedLM",
     "mlm_nsp": "AutoModelForPreTraining",
+    "seq_cls": "AutoModelForSequenceClassification",
 }
 
 
@@ -76,16 +77,52 @@ def positions_and_vocab(config) -> tuple[int, int]:
     return int(positions), int(config.vocab_size)
 
 
-def build_model(task: str, model: dict[str, Any], vocab_size: int, tokenizer=None):
-    """Random-init from the preset, or load ``model.init_from`` (weights included).
+def label_kwargs(labels: list[str] | None, tokenizer=None) -> dict:
+    """Config fields of a classification head: label names, and a pad token so models
+    without one (GPT-2) can find the last real token of each padded row."""
+    if not labels:
+        return {}
+    kwargs = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    if pad is not None:
+        kwargs["pad_token_id"] = pad
+    return kwargs
+
+
+def has_head_for(init_from: str, task: str) -> bool:
+    """Whether the directory's saved architecture already is the task's model class."""
+    config = load_init_config(init_from)
+    wanted = auto_class(task)._model_mapping.get(type(config), None)
+    return bool(wanted) and wanted.__name__ in (config.architectures or [])
+
+
+def build_model(
+    task: str,
+    model: dict[str, Any],
+    vocab_size: int,
+    tokenizer=None,
+    labels: list[str] | None = None,
+):
+    """Random-init from the preset, or load ``model.init_from`` (weights included; a
+    classification head missing from the directory starts fresh).
 
     Called on every worker after the same seed, so ranks start from identical weights
     without a broadcast.
     """
     cls = auto_class(task)
+    extra = label_kwargs(labels, tokenizer)
     if model["init_from"]:
-        return cls.from_pretrained(model["init_from"])
-    return cls.from_config(preset_config(model, vocab_size, tokenizer))
+        return cls.from_pretrained(model["init_from"], **extra)
+    config = preset_config(model, vocab_size, tokenizer)
+    for key, value in extra.items():
+        setattr(config, key, value)
+    return cls.from_config(config)
 
 
 def flops_per_token(config, seq_len: int) -> float:

@@ -29,6 +29,9 @@ class Batcher:
 
     def __call__(self, batch: dict[str, torch.Tensor], index: int, device) -> dict[str, Any]:
         ids = batch["input_ids"].long()
+        if self.task == "seq_cls":
+            keys = ("input_ids", "attention_mask", "labels")
+            return {k: batch[k].long().to(device) for k in keys}
         if self.task == "clm":
             return {"input_ids": ids.to(device), "labels": ids.to(device)}
         self.generator.manual_seed(hash((self.seed, self.rank, index)) & 0x7FFF_FFFF_FFFF_FFFF)

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_config import shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
-from .metrics import MetricsLog, peak_flops, peak_memory_bytes
+from .metrics import MetricsLog, classification_metrics, peak_flops, peak_memory_bytes
 
 NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
 
@@ -56,14 +56,22 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 
 @torch.no_grad()
 def evaluate(
-    engine, shard, batcher: Batcher, task: str, micro_batch: int, max_batches: int
+    engine,
+    shard,
+    batcher: Batcher,
+    task: str,
+    micro_batch: int,
+    max_batches: int,
+    labels: list[str] | None = None,
 ) -> dict:
-    """Mean loss over up to ``max_batches`` per rank, reduced over ranks. Masks come
-    from fixed indices, so successive evals score the same masked positions."""
+    """Mean loss over up to ``max_batches`` per rank (classification: every eval row),
+    reduced over ranks. Masks come from fixed indices, so successive evals score the
+    same masked positions."""
     engine.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, batches, nsp correct, nsp seen
-    for i, batch in enumerate(shard.iter_torch_batches(batch_size=micro_batch, drop_last=True)):
-        if i >= max_batches:
+    confusion = torch.zeros(len(labels or ()), len(labels or ()), device=engine.device)
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=micro_batch)):
+        if i >= max_batches and task != "seq_cls":
             break
         inputs = batcher(batch, -(i + 1), engine.device)
         out = engine(**inputs)
@@ -73,6 +81,13 @@ def evaluate(
             pred = out.seq_relationship_logits.argmax(-1)
             sums[2] += float((pred == inputs["next_sentence_label"]).sum())
             sums[3] += pred.numel()
+        elif task == "seq_cls":
+            pred = out.logits.argmax(-1)
+            confusion.index_put_(
+                (inputs["labels"], pred),
+                torch.ones_like(pred, dtype=confusion.dtype),
+                accumulate=True,
+            )
     engine.train()
     loss_sum, n, correct, seen = _all_reduce_sum(sums, engine.device)
     if n == 0:
@@ -80,7 +95,12 @@ def evaluate(
     metrics = {"eval_loss": loss_sum / n, "eval_perplexity": math.exp(min(loss_sum / n, 50.0))}
     if task == "mlm_nsp":
         metrics["eval_nsp_accuracy"] = correct / max(seen, 1)
-        metrics.pop("eval_perplexity")  # the loss is MLM + NSP; its exp is no perplexity
+    if task != "clm" and task != "mlm":
+        metrics.pop("eval_perplexity")  # not a language-model loss alone
+    if task == "seq_cls":
+        if dist.is_initialized():
+            dist.all_reduce(confusion)
+        metrics.update(classification_metrics(confusion.cpu(), labels))
     return metrics
 
 
@@ -98,7 +118,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     # --- build: same seed on every rank -> same initial weights, no broadcast needed
     seed_everything(tr["seed"])
     tokenizer = load_tokenizer(cfg["tokenizer_path"])
-    model = build_model(task, cfg["model"], cfg["vocab_size"], tokenizer)
+    labels = cfg.get("labels")
+    if labels and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; rows are padded with EOS
+    model = build_model(task, cfg["model"], cfg["vocab_size"], tokenizer, labels)
     engine, *_ = deepspeed.initialize(
         model=model,
         config=deepspeed_config(cfg, world, max_steps),
@@ -184,7 +207,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     log.log(step, last)
             paused = time.perf_counter()
             if eval_shard is not None and (step % tr["eval_every"] == 0 or step == max_steps):
-                ev = evaluate(engine, eval_shard, batcher, task, micro, tr["eval_batches"])
+                ev = evaluate(engine, eval_shard, batcher, task, micro, tr["eval_batches"], labels)
                 last.update(ev)
                 if log:
                     log.log(step, ev)
@@ -192,6 +215,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 bar.set_description(
                     f"{task} loss {last['loss']:.3f}"
                     + (f" eval {last['eval_loss']:.3f}" if "eval_loss" in last else "")
+                    + (f" acc {last['eval_accuracy']:.3f}" if "eval_accuracy" in last else "")
                 )
             if step % tr["checkpoint_every"] == 0 or step == max_steps:
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
@@ -218,6 +242,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         "metrics": last,
         "config": cfg["resolved_config"],
         "config_hash": cfg["config_hash"],
+        "labels": labels,
     }
     atol = 1e-4 if tr["precision"] == "fp32" else 5e-2
     path = export_model(

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_pretrain
-from ..config.validate import check_data_files
+from ..config.validate import CLASSIFICATION_TASKS, check_data_files
 from .metrics import METRICS_FILE, plot_loss_curve
 
 RUN_NAME = "train"
@@ -61,6 +61,14 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             "tokenizer.path",
             f"task={c['task']} needs a tokenizer with a mask token (tokenizer.type=wordpiece)",
         )
+    if c["task"] in CLASSIFICATION_TASKS and c["model"]["init_from"]:
+        from ..models.build import has_head_for
+
+        if not has_head_for(c["model"]["init_from"], c["task"]):
+            print(
+                f"model.init_from={c['model']['init_from']} has no {c['task']} head: a new one "
+                "is initialized and trained from scratch on top of its encoder"
+            )
     if c["task"] == "clm" and tokenizer.eos_token is None:
         raise ConfigError(
             "tokenizer.path",
@@ -117,20 +125,43 @@ def init_ray(c: dict[str, Any]) -> None:
         ray.init(num_cpus=c["ray"]["num_cpus"])
 
 
+def load_documents(c: dict[str, Any]) -> dict[str, Any]:
+    """The train (and eval) ``datasets.Dataset``s; for classification also ``c["labels"]``."""
+    from ..data.files import load_text_dataset
+    from ..data.labeled import hold_out, resolve_labels
+
+    data = c["data"]
+    labeled = c["task"] in CLASSIFICATION_TASKS
+    extra = (data["label_column"],) if labeled else ()
+    docs = {
+        "train": load_text_dataset(
+            data["train_files"], data["text_column"], "data.train_files", extra
+        )
+    }
+    if data["eval_files"]:
+        docs["eval"] = load_text_dataset(
+            data["eval_files"], data["text_column"], "data.eval_files", extra
+        )
+    if labeled:
+        c["labels"] = resolve_labels(
+            docs["train"], docs.get("eval"), data["label_column"], data["labels"]
+        )
+        if "eval" not in docs:
+            docs["train"], docs["eval"] = hold_out(
+                docs["train"], data["eval_fraction"], c["trainer"]["seed"]
+            )
+    return docs
+
+
 def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
     import ray.data
 
-    from ..data.files import load_text_dataset
     from ..data.pipeline import build_dataset
 
     ray.data.DataContext.get_current().enable_progress_bars = bool(c["ray"]["verbose"])
     tr, data = c["trainer"], c["data"]
     out = {}
-    for name, key in (("train", "data.train_files"), ("eval", "data.eval_files")):
-        files = data[f"{name}_files"]
-        if not files:
-            continue
-        docs = load_text_dataset(files, data["text_column"], key)
+    for name, docs in load_documents(c).items():
         ds = build_dataset(
             docs,
             c["task"],
@@ -139,14 +170,21 @@ def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
             tr["seq_len"],
             data["preprocess_batch_size"],
             tr["seed"],
+            label_column=data["label_column"],
+            labels=c.get("labels"),
         )
         rows = ds.count()
         need = c["scaling"]["num_workers"] * tr["micro_batch_size"]
         if rows < need:
+            unit = (
+                "rows"
+                if c["task"] in CLASSIFICATION_TASKS
+                else f"blocks of trainer.seq_len={tr['seq_len']} tokens"
+            )
             raise ConfigError(
-                key,
-                f"gives {rows} blocks of trainer.seq_len={tr['seq_len']} tokens, fewer than one "
-                f"micro-batch per worker ({need}); add text or lower trainer.micro_batch_size",
+                f"data.{name}_files",
+                f"gives {rows} {unit}, fewer than one micro-batch per worker ({need}); "
+                "add data or lower trainer.micro_batch_size",
             )
         out[name] = ds
     return out

@@ -1,0 +1,70 @@
+"""Labeled text for fine-tuning: the label set, held-out splits, and encoding.
+
+Labels are stored by name (``id2label`` / ``label2id`` in the exported config), so a
+model's outputs mean the same thing wherever it is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config.errors import ConfigError
+from .tokenizer import load_tokenizer
+
+
+def label_names(values) -> list[str]:
+    """Sorted distinct labels as strings (numbers sort numerically)."""
+    distinct = set(values)
+    if all(isinstance(v, (int, np.integer)) for v in distinct):
+        return [str(v) for v in sorted(distinct)]
+    return sorted(str(v) for v in distinct)
+
+
+def resolve_labels(train, eval_, column: str, given: list[str]) -> list[str]:
+    """The label list: ``data.labels`` if given, else the training data's. Labels in the
+    data but not in that list are an error naming them, never a silent new class."""
+    labels = [str(x) for x in given] or label_names(train[column])
+    if len(labels) < 2:
+        raise ConfigError("data.label_column", f"needs at least 2 distinct labels, found {labels}")
+    known = set(labels)
+    for split, key in ((train, "data.train_files"), (eval_, "data.eval_files")):
+        if split is None:
+            continue
+        unseen = sorted({str(v) for v in split[column]} - known)
+        if unseen:
+            where = "data.labels" if given else "the training data"
+            raise ConfigError(key, f"labels not in {where}: {', '.join(unseen[:10])}")
+    return labels
+
+
+def hold_out(ds, fraction: float, seed: int):
+    """A fixed, seeded split of the training rows when no eval files are given."""
+    parts = ds.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def encode_classification(
+    batch: dict[str, Any],
+    tokenizer_path: str,
+    column: str,
+    label_column: str,
+    labels: list[str],
+    seq_len: int,
+) -> dict:
+    """Texts -> fixed-length ``input_ids`` / ``attention_mask`` and label ids."""
+    tok = load_tokenizer(tokenizer_path)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    enc = tok(list(batch[column]), truncation=True, max_length=seq_len)
+    ids = np.full((len(enc["input_ids"]), seq_len), pad, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(enc["input_ids"]):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    index = {name: i for i, name in enumerate(labels)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": np.asarray([index[str(v)] for v in batch[label_column]], dtype=np.int64),
+    }

@@ -1,0 +1,128 @@
+"""Fine-tuning for sequence classification on the pretraining loop (real Ray, DeepSpeed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FAST, read_metrics
+
+import raylm
+from raylm.data.synthetic import write_labeled
+
+pytestmark = pytest.mark.slow
+
+FINETUNE = [
+    *FAST,
+    "trainer.lr=2e-3",
+    "trainer.max_steps=120",
+    "trainer.eval_every=60",
+    "trainer.checkpoint_every=120",
+    "trainer.warmup_steps=10",
+    "model.dropout=0.0",
+]
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labeled")
+    return {
+        "train": write_labeled(d / "train.jsonl", 800, seed=0),
+        "eval": write_labeled(d / "eval.csv", 200, seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def base_encoder(tokenizers, tmp_path_factory):
+    """A BERT encoder with no head at all, as downloaded base checkpoints often are."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    d = tmp_path_factory.mktemp("encoder") / "bert-base-like"
+    tok = AutoTokenizer.from_pretrained(tokenizers["wordpiece"])
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def finetune(tmp_path, labeled, *overrides):
+    out = tmp_path / "run"
+    summary = raylm.run(
+        "finetune",
+        [*FINETUNE, f"data.train_files=[{labeled['train']}]", f"output_dir={out}", *overrides],
+    )
+    return out, summary
+
+
+def final_eval(out):
+    return [r for r in read_metrics(out) if "eval_accuracy" in r][-1]
+
+
+def test_seq_cls_from_a_base_encoder_without_head(
+    ray_cluster, labeled, base_encoder, tmp_path, capsys
+):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, _ = finetune(
+        tmp_path, labeled, f"model.init_from={base_encoder}", f"data.eval_files=[{labeled['eval']}]"
+    )
+    assert "has no seq_cls head: a new one is initialized" in capsys.readouterr().out
+    ev = final_eval(out)
+    assert ev["eval_accuracy"] >= 0.9 and ev["eval_macro_f1"] >= 0.9
+    assert set(ev["eval_precision"]) == {"city", "farm", "forest", "sea"}
+    assert (
+        sum(map(sum, ev["eval_confusion"])) >= 190
+    )  # every eval row scored (less the split remainder)
+    # The artifact names its labels; the reloaded model predicts them.
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert model.config.id2label == {0: "city", 1: "farm", 2: "forest", 3: "sea"}
+    meta = json.loads((out / "model" / "raylm.json").read_text())
+    assert (
+        meta["labels"] == ["city", "farm", "forest", "sea"]
+        and meta["metrics"]["eval_accuracy"] >= 0.9
+    )
+    batch = tok(
+        ["the old ship sails near the harbor.", "the calm cow grazes beside the barn."],
+        return_tensors="pt",
+        padding=True,
+    )
+    pred = model(**batch).logits.argmax(-1).tolist()
+    assert [model.config.id2label[p] for p in pred] == ["sea", "farm"]
+
+
+def test_seq_cls_gpt2_family_holds_out_eval(ray_cluster, labeled, tokenizers, tmp_path):
+    out, _ = finetune(tmp_path, labeled, "model=gpt2-tiny", f"tokenizer.path={tokenizers['bpe']}")
+    assert final_eval(out)["eval_accuracy"] >= 0.9
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert tok.pad_token is not None  # GPT-2 gained a pad token for batched inference
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert model.config.pad_token_id == tok.pad_token_id
+
+
+def test_unseen_eval_labels_are_named(labeled, base_encoder, tmp_path):
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text(
+        '{"text": "the red ship sails.", "label": "sea"}\n{"text": "a moon.", "label": "space"}\n'
+    )
+    with pytest.raises(raylm.ConfigError, match="labels not in the training data: space") as err:
+        finetune(tmp_path, labeled, f"model.init_from={base_encoder}", f"data.eval_files=[{bad}]")
+    assert err.value.key == "data.eval_files"
+
+
+def test_missing_label_column_is_named(labeled, base_encoder, tmp_path):
+    with pytest.raises(raylm.ConfigError, match="column 'topic' not found") as err:
+        finetune(tmp_path, labeled, f"model.init_from={base_encoder}", "data.label_column=topic")
+    assert err.value.key == "data.label_column"
