@@ -96,6 +96,18 @@ BAD = [
     (["trainer.schedule=step"], "trainer.schedule", "must be one of"),
     (["tokenizer.path=/nonexistent/tok"], "tokenizer.path", "no tokenizer at"),
     (["model.init_from=/nonexistent/model"], "model.init_from", "cannot load a model config"),
+    (
+        ["trainer.metric=eval_accuracy"],
+        "trainer.metric",
+        "task=clm reports eval_loss, eval_perplexity",
+    ),
+    (["trainer.metric=eval_loss"], "trainer.metric", "needs data.eval_files"),
+    (["trainer.metric_mode=up"], "trainer.metric_mode", "must be min or max"),
+    (
+        ["trainer.early_stopping_patience=2"],
+        "trainer.early_stopping_patience",
+        "needs trainer.metric",
+    ),
 ]
 
 

@@ -126,3 +126,28 @@ def test_missing_label_column_is_named(labeled, base_encoder, tmp_path):
     with pytest.raises(raylm.ConfigError, match="column 'topic' not found") as err:
         finetune(tmp_path, labeled, f"model.init_from={base_encoder}", "data.label_column=topic")
     assert err.value.key == "data.label_column"
+
+
+def test_best_model_is_exported_and_training_stops_early(
+    ray_cluster, labeled, base_encoder, tmp_path
+):
+    out, summary = finetune(
+        tmp_path,
+        labeled,
+        f"model.init_from={base_encoder}",
+        "trainer.max_steps=400",
+        "trainer.eval_every=20",
+        "trainer.early_stopping_patience=2",
+    )
+    evals = [r for r in read_metrics(out) if "eval_accuracy" in r]
+    best_value = max(r["eval_accuracy"] for r in evals)
+    best_step = next(r["step"] for r in evals if r["eval_accuracy"] == best_value)
+    meta = json.loads((out / "model" / "raylm.json").read_text())
+    assert meta["best"]["early_stopped"] and meta["best"]["last_step"] < 400
+    assert meta["best"]["last_step"] == best_step + 2 * 20  # two stale evals, then stop
+    assert meta["step"] == meta["best"]["step"] == best_step
+    assert meta["metrics"]["eval_accuracy"] == best_value
+    assert (out / "confusion_matrix.png").stat().st_size > 1000 and summary["best"][
+        "step"
+    ] == best_step
+    assert not (out / "best").exists()  # the snapshot is folded into model/

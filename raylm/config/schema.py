@@ -107,6 +107,12 @@ class TrainerConfig:
     max_failures: int = 2
     mlm_probability: float = 0.15
     seed: int = 42
+    # Keep the best model by this eval metric (e.g. eval_accuracy) and export it instead
+    # of the last one; null exports the last. Patience > 0 stops after that many evals
+    # without improvement.
+    metric: str | None = None
+    metric_mode: str = "min"
+    early_stopping_patience: int = 0
 
 
 @dataclass

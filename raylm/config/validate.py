@@ -16,6 +16,13 @@ from .errors import ConfigError
 
 TASKS = ("clm", "mlm", "mlm_nsp", "seq_cls")
 CLASSIFICATION_TASKS = ("seq_cls",)
+# Eval metrics each task reports, usable as trainer.metric.
+TASK_METRICS = {
+    "clm": ("eval_loss", "eval_perplexity"),
+    "mlm": ("eval_loss", "eval_perplexity"),
+    "mlm_nsp": ("eval_loss", "eval_nsp_accuracy"),
+    "seq_cls": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
+}
 FAMILY_TASKS = {"gpt2": ("clm", "seq_cls"), "bert": ("mlm", "mlm_nsp", "seq_cls")}
 TOKENIZER_TYPES = ("bpe", "wordpiece")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -144,6 +151,22 @@ def validate_pretrain(
         raise ConfigError(
             "trainer.mlm_probability", f"must be in (0, 1), got {tr['mlm_probability']}"
         )
+    if tr["metric_mode"] not in ("min", "max"):
+        raise ConfigError("trainer.metric_mode", f"must be min or max, got {tr['metric_mode']!r}")
+    if tr["early_stopping_patience"] < 0:
+        raise ConfigError(
+            "trainer.early_stopping_patience", f"must be >= 0, got {tr['early_stopping_patience']}"
+        )
+    if tr["metric"] is not None:
+        allowed = TASK_METRICS[task]
+        if tr["metric"] not in allowed:
+            raise ConfigError(
+                "trainer.metric", f"task={task} reports {', '.join(allowed)}; got {tr['metric']!r}"
+            )
+        if task not in CLASSIFICATION_TASKS and not cfg["data"]["eval_files"]:
+            raise ConfigError("trainer.metric", "needs data.eval_files to compute it")
+    elif tr["early_stopping_patience"]:
+        raise ConfigError("trainer.early_stopping_patience", "needs trainer.metric to watch")
     if task == "mlm_nsp" and tr["seq_len"] < 16:
         raise ConfigError("trainer.seq_len", f"must be >= 16 for mlm_nsp, got {tr['seq_len']}")
 

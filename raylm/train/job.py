@@ -18,7 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_pretrain
 from ..config.validate import CLASSIFICATION_TASKS, check_data_files
-from .metrics import METRICS_FILE, plot_loss_curve
+from .export import ARTIFACT_FILE
+from .metrics import METRICS_FILE, plot_confusion, plot_loss_curve
+
+CONFUSION_FILE = "confusion_matrix.png"
 
 RUN_NAME = "train"
 
@@ -105,7 +108,15 @@ def check_output_dir(c: dict[str, Any]) -> None:
                 "output_dir",
                 f"{out} holds an earlier run; set resume=true to continue it or overwrite=true to replace it",
             )
-        for name in ("checkpoints", "model", "tensorboard", METRICS_FILE, "loss_curve.png"):
+        for name in (
+            "checkpoints",
+            "model",
+            "best",
+            "tensorboard",
+            METRICS_FILE,
+            "loss_curve.png",
+            CONFUSION_FILE,
+        ):
             p = out / name
             if p.is_dir():
                 shutil.rmtree(p)
@@ -241,15 +252,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = trainer.fit()
     out = Path(c["output_dir"])
     curve = plot_loss_curve(out)
+    artifact = json.loads((out / "model" / ARTIFACT_FILE).read_text())
     summary = {
         "output_dir": str(out),
         "model_dir": str(out / "model"),
         "loss_curve": str(curve),
         "metrics_file": str(out / METRICS_FILE),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "metrics": result.metrics,
+        # The exported model's metrics: the best eval under trainer.metric, else the last.
+        "metrics": artifact["metrics"],
+        "best": artifact.get("best"),
     }
-    print(
-        f"model:      {summary['model_dir']}\nloss curve: {curve}\nmetrics:    {summary['metrics_file']}"
-    )
+    lines = [
+        f"model:      {summary['model_dir']} (step {artifact['step']})",
+        f"loss curve: {curve}",
+        f"metrics:    {summary['metrics_file']}",
+    ]
+    if "eval_confusion" in artifact["metrics"]:
+        summary["confusion_matrix"] = str(out / CONFUSION_FILE)
+        plot_confusion(
+            artifact["metrics"]["eval_confusion"], artifact["labels"], out / CONFUSION_FILE
+        )
+        lines.append(f"confusion:  {summary['confusion_matrix']}")
+    print("\n".join(lines))
     return summary

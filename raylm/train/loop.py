@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -104,6 +105,26 @@ def evaluate(
     return metrics
 
 
+def track_best(
+    engine,
+    state: dict,
+    value: float,
+    mode: str,
+    step: int,
+    metrics: dict,
+    best_dir: str,
+    patience: int,
+) -> bool:
+    """Snapshot the engine when ``value`` improves on the best; True means stop early.
+    Collective: every rank sees the same (all-reduced) value and takes the same branch."""
+    if state["best"] is None or (value > state["best"] if mode == "max" else value < state["best"]):
+        state.update(best=value, best_step=step, best_metrics=dict(metrics), stale_evals=0)
+        engine.save_checkpoint(best_dir, tag="best")
+        return False
+    state["stale_evals"] += 1
+    return bool(patience) and state["stale_evals"] >= patience
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
@@ -132,7 +153,20 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     peak = peak_flops(tr["precision"]) if cfg["scaling"]["use_gpu"] else None
 
     # --- restore: Ray Train hands back the latest checkpoint after a failure or on resume
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "micro": 0, "tokens": 0}
+    # best / best_step / stale_evals follow trainer.metric; they live in the checkpointed
+    # state so a restarted run keeps judging against the same best.
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "micro": 0,
+        "tokens": 0,
+        "best": None,
+        "best_step": None,
+        "best_metrics": {},
+        "stale_evals": 0,
+    }
+    best_dir = os.path.join(cfg["output_dir"], "best")
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -155,8 +189,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
     last: dict[str, Any] = {}
 
+    metric, patience = tr["metric"], tr["early_stopping_patience"]
+    stop = False
+
     # --- train
-    while state["step"] < max_steps:
+    while state["step"] < max_steps and not stop:
         batches = train_shard.iter_torch_batches(
             batch_size=micro,
             drop_last=True,
@@ -211,6 +248,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 last.update(ev)
                 if log:
                     log.log(step, ev)
+                if metric in ev:
+                    stop = track_best(
+                        engine, state, ev[metric], tr["metric_mode"], step, last, best_dir, patience
+                    )
             if bar and "loss" in last:
                 bar.set_description(
                     f"{task} loss {last['loss']:.3f}"
@@ -225,24 +266,39 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     )
             # Eval and checkpoint time is not training throughput.
             window["t"] += time.perf_counter() - paused
-            if step >= max_steps:
+            if step >= max_steps or stop:
                 break
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
 
-    # --- export
+    # --- export: the best snapshot when trainer.metric picked one, else the last weights
     if bar:
         bar.close()
+    exported_step = state["step"]
+    if state["best_step"] is not None and state["best_step"] != state["step"]:
+        engine.load_checkpoint(
+            best_dir, tag="best", load_optimizer_states=False, load_lr_scheduler_states=False
+        )
+        last, exported_step = state["best_metrics"], state["best_step"]
     artifact = {
         "task": task,
         "model": cfg["model"]["name"],
-        "step": state["step"],
+        "step": exported_step,
         "tokens_seen": state["tokens"],
         "metrics": last,
         "config": cfg["resolved_config"],
         "config_hash": cfg["config_hash"],
         "labels": labels,
+        "best": None
+        if metric is None
+        else {
+            "metric": metric,
+            "value": state["best"],
+            "step": state["best_step"],
+            "early_stopped": stop,
+            "last_step": state["step"],
+        },
     }
     atol = 1e-4 if tr["precision"] == "fp32" else 5e-2
     path = export_model(
@@ -256,4 +312,5 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     )
     if log:
         log.close()
+        shutil.rmtree(best_dir, ignore_errors=True)  # the export holds those weights now
         print(f"exported {path}")

@@ -134,3 +134,28 @@ def plot_loss_curve(output_dir: str | Path) -> Path | None:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_confusion(confusion: list[list[int]], labels: list[str], path: str | Path) -> Path:
+    """Rows: true label, columns: predicted; counts written in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5), dpi=120)
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(row) for row in confusion) or 1
+    for i in range(n):
+        for j in range(n):
+            color = "white" if confusion[i][j] > peak / 2 else "black"
+            ax.text(j, i, str(confusion[i][j]), ha="center", va="center", color=color)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
