@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "raylm.train.job:run",
         "fine-tune a model for sequence classification (seq_cls)",
     ),
+    "predict": (
+        "raylm.predict.job:run",
+        "label every row of a file with a fine-tuned classifier (Ray Data, actor pool)",
+    ),
 }
 
 

@@ -151,3 +151,65 @@ def test_best_model_is_exported_and_training_stops_early(
         "step"
     ] == best_step
     assert not (out / "best").exists()  # the snapshot is folded into model/
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_predict_matches_a_direct_forward_pass(
+    ray_cluster, labeled, base_encoder, tmp_path, suffix
+):
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from raylm.data.synthetic import labeled_documents
+
+    out, _ = finetune(
+        tmp_path,
+        labeled,
+        f"model.init_from={base_encoder}",
+        "trainer.max_steps=40",
+        "trainer.eval_every=40",
+        "trainer.checkpoint_every=40",
+    )
+    rows = pd.DataFrame(labeled_documents(150, seed=9))
+    src = tmp_path / f"in{suffix}"
+    rows.to_json(src, orient="records", lines=True) if suffix == ".jsonl" else rows.to_csv(
+        src, index=False
+    )
+    dst = tmp_path / f"out{suffix}"
+    raylm.run(
+        "predict", [f"model_dir={out / 'model'}", f"input={src}", f"output={dst}", "batch_size=16"]
+    )
+    got = pd.read_json(dst, lines=True) if suffix == ".jsonl" else pd.read_csv(dst)
+    assert list(got["text"]) == list(rows["text"])  # one row per input, in input order
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    with torch.no_grad():
+        probs = torch.softmax(
+            model(**tok(list(rows["text"]), padding=True, return_tensors="pt")).logits, -1
+        )
+    names = [model.config.id2label[i] for i in range(probs.shape[1])]
+    assert list(got["label"]) == [names[i] for i in probs.argmax(-1).tolist()]
+    for i, name in enumerate(names):
+        assert torch.allclose(
+            torch.tensor(got[f"prob_{name}"].to_numpy(), dtype=torch.float32),
+            probs[:, i],
+            atol=1e-5,
+        )
+
+
+def test_predict_rejects_a_model_dir_without_weights(tmp_path, base_encoder):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(base_encoder, broken)
+    for f in broken.glob("*.safetensors"):
+        f.unlink()
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "the red ship."}\n')
+    with pytest.raises(raylm.ConfigError, match="holds no weights") as err:
+        raylm.run(
+            "predict", [f"model_dir={broken}", f"input={src}", f"output={tmp_path / 'o.jsonl'}"]
+        )
+    assert err.value.key == "model_dir"
+    assert not (tmp_path / "o.jsonl").exists()

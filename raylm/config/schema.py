@@ -159,10 +159,28 @@ class FinetuneJobConfig(PretrainJobConfig):
     task: str = "seq_cls"
 
 
+@dataclass
+class PredictJobConfig:
+    """``raylm predict``: batch prediction with a fine-tuned model over Ray Data."""
+
+    model_dir: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    text_column: str = "text"
+    batch_size: int = 64
+    # Model replicas (Ray Data actors); each loads the model once.
+    num_actors: int = 2
+    cpus_per_actor: float = 1.0
+    use_gpu: bool = False
+    overwrite: bool = False
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
 SCHEMAS: dict[str, type] = {
     "tokenizer": TokenizerJobConfig,
     "pretrain": PretrainJobConfig,
     "finetune": FinetuneJobConfig,
+    "predict": PredictJobConfig,
 }
 
 
