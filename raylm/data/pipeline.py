@@ -111,6 +111,18 @@ def pair_sentences(
     return out
 
 
+def to_ray_dataset(hf_dataset, rows_per_block: int):
+    """A ``datasets.Dataset`` as a Ray Dataset of several blocks (so map_batches runs in
+    parallel), straight from its Arrow table: ``ray.data.from_huggingface`` first looks
+    for the data on the Hugging Face Hub, which costs tens of seconds with no network."""
+    import ray.data
+
+    table = hf_dataset.flatten_indices().data.table
+    return ray.data.from_arrow(
+        [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)] or [table]
+    )
+
+
 def build_dataset(
     hf_dataset,
     task: str,
@@ -127,13 +139,7 @@ def build_dataset(
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    # Straight from the Arrow table: ray.data.from_huggingface first looks for the data
-    # on the Hugging Face Hub, which costs tens of seconds (and fails) with no network.
-    table = hf_dataset.flatten_indices().data.table
-    rows_per_block = max(batch_size, 1) * 4
-    ds = ray.data.from_arrow(
-        [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
-    )
+    ds = to_ray_dataset(hf_dataset, rows_per_block=max(batch_size, 1) * 4)
     kwargs = {"tokenizer_path": tokenizer_path, "column": column, "seq_len": seq_len}
     if task == "clm":
         fn = pack_causal

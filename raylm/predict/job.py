@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
+from ..data.files import BUILDERS
+from ..data.pipeline import to_ray_dataset
 from ..train.job import init_ray
 
 FORMATS = (".jsonl", ".csv", ".parquet")
@@ -53,7 +55,7 @@ def read_rows(path: Path, text_column: str):
     import datasets
 
     datasets.disable_progress_bars()
-    kind = {".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix.lower()]
+    kind = BUILDERS[path.suffix.lower()]
     ds = datasets.load_dataset(kind, data_files=[str(path)], split="train")
     if text_column not in ds.column_names:
         raise ConfigError(
@@ -106,10 +108,7 @@ def run(cfg: DictConfig) -> Path:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = bool(c["ray"]["verbose"])
-    table = rows.data.table
-    step = c["batch_size"] * 4
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)] or [table])
-    predictions = ds.map_batches(
+    predictions = to_ray_dataset(rows, rows_per_block=c["batch_size"] * 4).map_batches(
         Classifier,
         fn_constructor_kwargs={
             "model_dir": str(Path(c["model_dir"]).expanduser().resolve()),
