@@ -213,3 +213,39 @@ def test_predict_rejects_a_model_dir_without_weights(tmp_path, base_encoder):
         )
     assert err.value.key == "model_dir"
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_zero3_finetune_from_a_raylm_pretrain_artifact(
+    ray_cluster, labeled, corpus, tokenizers, tmp_path
+):
+    """The whole path: raylm pretrain (MLM) -> raylm finetune under ZeRO-3 -> predictions."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    pre = tmp_path / "pre"
+    raylm.run(
+        "pretrain",
+        [
+            *FAST,
+            "model=bert-tiny",
+            "task=mlm",
+            f"data.train_files=[{corpus['train']}]",
+            f"tokenizer.path={tokenizers['wordpiece']}",
+            f"output_dir={pre}",
+            "trainer.max_steps=10",
+            "trainer.checkpoint_every=10",
+            "trainer.eval_every=10",
+        ],
+    )
+    out, _ = finetune(tmp_path, labeled, f"model.init_from={pre / 'model'}", "deepspeed=zero3")
+    meta = json.loads((out / "model" / "raylm.json").read_text())
+    assert meta["config"]["deepspeed"]["zero_stage"] == 3
+    assert (
+        meta["export_check"]["max_abs_logit_diff"] <= 1e-4
+    )  # gathered ZeRO-3 weights = trained engine
+    assert meta["metrics"]["eval_accuracy"] >= 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    pred = model(**tok(["the swift fox hunts near the river."], return_tensors="pt")).logits.argmax(
+        -1
+    )
+    assert model.config.id2label[int(pred)] == "forest"
