@@ -6,14 +6,14 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .schema import SCHEMAS, register_configs
-from .validate import validate_pretrain, validate_tokenizer_job
+from .validate import validate_tokenizer_job, validate_training
 
 __all__ = [
     "SCHEMAS",
     "ConfigError",
     "conf_dir",
     "register_configs",
-    "validate_pretrain",
+    "validate_training",
     "validate_tokenizer_job",
 ]
 

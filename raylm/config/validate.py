@@ -76,10 +76,10 @@ def validate_tokenizer_job(cfg: Mapping[str, Any]) -> None:
     check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
 
 
-def validate_pretrain(
+def validate_training(
     cfg: Mapping[str, Any], tokenizer_vocab: int | None = None, init_config: Any = None
 ) -> None:
-    """Check a composed ``raylm pretrain`` config.
+    """Check a composed ``raylm pretrain`` or ``raylm finetune`` config.
 
     ``tokenizer_vocab`` and ``init_config`` (the transformers config of
     ``model.init_from``) come from files only the caller reads; without them the checks

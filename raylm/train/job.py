@@ -1,4 +1,5 @@
-"""``raylm pretrain``: the driver. Validate, build the data, run Ray Train, report.
+"""``raylm pretrain`` and ``raylm finetune``: the driver. Validate, build the data, run
+Ray Train, report.
 
 Everything that can be checked without a worker is checked here first, so a typo costs
 one line and no cluster start-up.
@@ -16,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
-from ..config import ConfigError, validate_pretrain
+from ..config import ConfigError, validate_training
 from ..config.validate import CLASSIFICATION_TASKS, check_data_files
 from .export import ARTIFACT_FILE
 from .metrics import METRICS_FILE, plot_confusion, plot_loss_curve
@@ -50,7 +51,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             ) from None
         # The architecture is the directory's, not the preset's: name it so in raylm.json.
         c["model"]["name"] = str(c["model"]["init_from"])
-    validate_pretrain(c, init_config=init_config)  # before the tokenizer is read
+    validate_training(c, init_config=init_config)  # before the tokenizer is read
     tok_src = _tokenizer_source(c)
     try:
         tokenizer = load_tokenizer(tok_src)
@@ -58,7 +59,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "tokenizer.path", f"cannot load a tokenizer from {tok_src}: {exc}"
         ) from None
-    validate_pretrain(c, tokenizer_vocab=len(tokenizer), init_config=init_config)
+    validate_training(c, tokenizer_vocab=len(tokenizer), init_config=init_config)
     if c["task"] in ("mlm", "mlm_nsp") and tokenizer.mask_token is None:
         raise ConfigError(
             "tokenizer.path",
