@@ -249,3 +249,27 @@ def test_zero3_finetune_from_a_raylm_pretrain_artifact(
         -1
     )
     assert model.config.id2label[int(pred)] == "forest"
+
+
+def test_init_from_a_legacy_bin_checkpoint(ray_cluster, labeled, base_encoder, tmp_path):
+    """Older save_pretrained dirs hold pytorch_model.bin; transformers loads it with
+    torch.load(weights_only=True), so no pickled code runs."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(base_encoder, legacy)
+    weights = load_file(legacy / "model.safetensors")
+    (legacy / "model.safetensors").unlink()
+    torch.save(weights, legacy / "pytorch_model.bin")
+    out, summary = finetune(
+        tmp_path,
+        labeled,
+        f"model.init_from={legacy}",
+        "trainer.max_steps=60",
+        "trainer.eval_every=60",
+        "trainer.checkpoint_every=60",
+    )
+    assert summary["metrics"]["eval_accuracy"] >= 0.9
+    assert (out / "model" / "model.safetensors").exists()  # exported as safetensors
