@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+
+from raylm.train.metrics import read_metrics as _read_metrics
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -67,7 +68,7 @@ def tokenizers(corpus, tmp_path_factory) -> dict[str, Path]:
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return _read_metrics(Path(output_dir) / "metrics.jsonl")
 
 
 def losses(output_dir: Path) -> list[tuple[int, float]]:

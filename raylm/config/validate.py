@@ -76,14 +76,11 @@ def validate_tokenizer_job(cfg: Mapping[str, Any]) -> None:
     check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
 
 
-def validate_training(
-    cfg: Mapping[str, Any], tokenizer_vocab: int | None = None, init_config: Any = None
-) -> None:
+def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
     """Check a composed ``raylm pretrain`` or ``raylm finetune`` config.
 
-    ``tokenizer_vocab`` and ``init_config`` (the transformers config of
-    ``model.init_from``) come from files only the caller reads; without them the checks
-    that need them are skipped, so this runs once cheaply and once in full.
+    ``init_config`` is the transformers config of ``model.init_from``, which the caller
+    reads; the tokenizer-dependent check is :func:`check_vocab`, run once it is loaded.
     """
     task = cfg["task"]
     if task not in TASKS:
@@ -173,9 +170,9 @@ def validate_training(
     if init_config is not None:
         from ..models.build import positions_and_vocab
 
-        positions, model_vocab = positions_and_vocab(init_config)
+        positions, _ = positions_and_vocab(init_config)
     else:
-        positions, model_vocab = model["max_positions"], None
+        positions = model["max_positions"]
     if tr["seq_len"] > positions:
         raise ConfigError(
             "trainer.seq_len",
@@ -234,8 +231,17 @@ def validate_training(
             "tokenizer.path",
             f"no tokenizer at {tok_path}; train one with `raylm tokenizer tokenizer.path={tok_path} data.train_files=[...]`",
         )
-    vocab = model_vocab or model["vocab_size"]
-    if tokenizer_vocab is not None and vocab is not None and tokenizer_vocab > vocab:
+
+
+def check_vocab(cfg: Mapping[str, Any], tokenizer_vocab: int, init_config: Any = None) -> None:
+    """The tokenizer must fit the model's embeddings (the preset's or init_from's)."""
+    model_vocab = None
+    if init_config is not None:
+        from ..models.build import positions_and_vocab
+
+        _, model_vocab = positions_and_vocab(init_config)
+    vocab = model_vocab or cfg["model"]["vocab_size"]
+    if vocab is not None and tokenizer_vocab > vocab:
         raise ConfigError(
             "model.vocab_size" if not model_vocab else "tokenizer.path",
             f"the tokenizer has {tokenizer_vocab} tokens but the model's embeddings hold {vocab}; "

@@ -95,9 +95,8 @@ def label_kwargs(labels: list[str] | None, tokenizer=None) -> dict:
     return kwargs
 
 
-def has_head_for(init_from: str, task: str) -> bool:
-    """Whether the directory's saved architecture already is the task's model class."""
-    config = load_init_config(init_from)
+def has_head_for(config, task: str) -> bool:
+    """Whether a loaded config's saved architecture already is the task's model class."""
     wanted = auto_class(task)._model_mapping.get(type(config), None)
     return bool(wanted) and wanted.__name__ in (config.architectures or [])
 

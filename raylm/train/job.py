@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_training
-from ..config.validate import CLASSIFICATION_TASKS, check_data_files
+from ..config.validate import CLASSIFICATION_TASKS, check_data_files, check_vocab
 from .export import ARTIFACT_FILE
 from .metrics import METRICS_FILE, plot_confusion, plot_loss_curve
 
@@ -59,7 +59,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "tokenizer.path", f"cannot load a tokenizer from {tok_src}: {exc}"
         ) from None
-    validate_training(c, tokenizer_vocab=len(tokenizer), init_config=init_config)
+    check_vocab(c, len(tokenizer), init_config)
     if c["task"] in ("mlm", "mlm_nsp") and tokenizer.mask_token is None:
         raise ConfigError(
             "tokenizer.path",
@@ -68,7 +68,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if c["task"] in CLASSIFICATION_TASKS and c["model"]["init_from"]:
         from ..models.build import has_head_for
 
-        if not has_head_for(c["model"]["init_from"], c["task"]):
+        if not has_head_for(init_config, c["task"]):
             print(
                 f"model.init_from={c['model']['init_from']} has no {c['task']} head: a new one "
                 "is initialized and trained from scratch on top of its encoder"
