@@ -26,11 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "finetune": (
         "raylm.train.job:run",
-        "fine-tune a model for sequence classification (seq_cls)",
+        "fine-tune a model for sequence (seq_cls) or token (token_cls) classification",
     ),
     "predict": (
         "raylm.predict.job:run",
-        "label every row of a file with a fine-tuned classifier (Ray Data, actor pool)",
+        "label or tag every row of a file with a fine-tuned model (Ray Data, actor pool)",
     ),
 }
 

@@ -29,6 +29,10 @@ FAST = [
 def ray_cluster():
     import ray
 
+    # Ray workers inherit this process's environment: with tests/ on their PYTHONPATH they
+    # import tests/custom_heads.py by name, as a user's own package would be imported.
+    here = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     # Logical CPUs above the machine's 2 cores: two 1-CPU train workers plus headroom for
     # Ray Data tasks, on CI as here.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

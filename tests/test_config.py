@@ -103,6 +103,14 @@ BAD = [
     ),
     (["trainer.metric=eval_loss"], "trainer.metric", "needs data.eval_files"),
     (["trainer.metric_mode=up"], "trainer.metric_mode", "must be min or max"),
+    (["model.head=mean_pool"], "model.head", "custom heads are for task=seq_cls, got task=clm"),
+    (
+        ["task=seq_cls", "model.head=nope"],
+        "model.head",
+        "unknown head 'nope'; registered: mean_pool",
+    ),
+    (["task=seq_cls", "model.head=os:path"], "model.head", "is not a subclass of"),
+    (["task=seq_cls", "model.head=no_such_mod:X"], "model.head", "cannot import no_such_mod:X"),
     (
         ["trainer.early_stopping_patience=2"],
         "trainer.early_stopping_patience",

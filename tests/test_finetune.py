@@ -273,3 +273,49 @@ def test_init_from_a_legacy_bin_checkpoint(ray_cluster, labeled, base_encoder, t
     )
     assert summary["metrics"]["eval_accuracy"] >= 0.9
     assert (out / "model" / "model.safetensors").exists()  # exported as safetensors
+
+
+def test_registered_head_mean_pool(ray_cluster, labeled, base_encoder, tmp_path, capsys):
+    """model.head=mean_pool: a raylm head on a base encoder; the export loads with the
+    Auto class (raylm registers it) and raylm predict serves it."""
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, summary = finetune(
+        tmp_path, labeled, f"model.init_from={base_encoder}", "model.head=mean_pool"
+    )
+    assert "model.head=mean_pool: a new head is initialized" in capsys.readouterr().out
+    assert summary["metrics"]["eval_accuracy"] >= 0.9
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["EncoderWithHeadForSequenceClassification"]
+    assert config["head"] == "mean_pool" and config["encoder"]["model_type"] == "bert"
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    texts = ["the old ship sails near the harbor.", "the calm cow grazes beside the barn."]
+    with torch.no_grad():
+        pred = model(**tok(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
+    assert [model.config.id2label[p] for p in pred] == ["sea", "farm"]
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    pd.DataFrame({"text": texts}).to_json(src, orient="records", lines=True)
+    raylm.run("predict", [f"model_dir={out / 'model'}", f"input={src}", f"output={dst}"])
+    assert list(pd.read_json(dst, lines=True)["label"]) == ["sea", "farm"]
+
+
+def test_user_head_by_import_path_under_zero3(ray_cluster, labeled, base_encoder, tmp_path):
+    """A head defined outside raylm (tests/custom_heads.py, the README example), named by
+    import path, trained with ZeRO-3; the export reproduces the engine's logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    out, summary = finetune(
+        tmp_path,
+        labeled,
+        f"model.init_from={base_encoder}",
+        "model.head=custom_heads:PooledDropoutLinear",
+        "deepspeed=zero3",
+    )
+    assert summary["metrics"]["eval_accuracy"] >= 0.9
+    meta = json.loads((out / "model" / "raylm.json").read_text())
+    assert meta["export_check"]["max_abs_logit_diff"] <= 1e-4
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert type(model.head).__name__ == "PooledDropoutLinear"

@@ -10,3 +10,7 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
         super().__init__(f"{key}: {message}")
+
+    def __reduce__(self):
+        # Raised on a Ray worker, it crosses to the driver pickled: keep both fields.
+        return (type(self), (self.key, self.message))

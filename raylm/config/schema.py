@@ -32,6 +32,9 @@ class ModelConfig:
     # A local Hugging Face directory (or a hub name where a network exists) whose config
     # and weights replace the preset's architecture and random initialisation.
     init_from: str | None = None
+    # seq_cls only: a custom classification head by name (raylm.models.HEADS, e.g.
+    # mean_pool) or package.module:ClassName; None keeps transformers' own head.
+    head: str | None = None
 
 
 @dataclass
@@ -154,7 +157,7 @@ class PretrainJobConfig:
 
 @dataclass
 class FinetuneJobConfig(PretrainJobConfig):
-    """``raylm finetune``: sequence classification on the pretraining loop."""
+    """``raylm finetune``: sequence or token classification on the pretraining loop."""
 
     task: str = "seq_cls"
 
@@ -184,9 +187,19 @@ SCHEMAS: dict[str, type] = {
 }
 
 
+def default_metric(task: str) -> str | None:
+    """``${raylm.default_metric:${task}}``: the metric fine-tuning keeps the best model by."""
+    from .validate import DEFAULT_METRIC
+
+    return DEFAULT_METRIC.get(task)
+
+
 def register_configs() -> None:
     """Store each command's schema as ``<command>_schema``; its YAML lists it first in its
     defaults, so every group option (model/*.yaml, ...) merges onto typed fields."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("raylm.default_metric", default_metric, replace=True)
     cs = ConfigStore.instance()
     for command, schema in SCHEMAS.items():
         cs.store(name=f"{command}_schema", node=schema)

@@ -14,16 +14,23 @@ from typing import Any
 
 from .errors import ConfigError
 
-TASKS = ("clm", "mlm", "mlm_nsp", "seq_cls")
-CLASSIFICATION_TASKS = ("seq_cls",)
+TASKS = ("clm", "mlm", "mlm_nsp", "seq_cls", "token_cls")
+CLASSIFICATION_TASKS = ("seq_cls", "token_cls")
 # Eval metrics each task reports, usable as trainer.metric.
 TASK_METRICS = {
     "clm": ("eval_loss", "eval_perplexity"),
     "mlm": ("eval_loss", "eval_perplexity"),
     "mlm_nsp": ("eval_loss", "eval_nsp_accuracy"),
     "seq_cls": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
+    # entity-level (span) micro precision / recall / F1, and per-word tag accuracy
+    "token_cls": ("eval_loss", "eval_f1", "eval_precision", "eval_recall", "eval_accuracy"),
 }
-FAMILY_TASKS = {"gpt2": ("clm", "seq_cls"), "bert": ("mlm", "mlm_nsp", "seq_cls")}
+# The metric a fine-tuning run keeps the best model by, unless trainer.metric says otherwise.
+DEFAULT_METRIC = {"seq_cls": "eval_accuracy", "token_cls": "eval_f1"}
+FAMILY_TASKS = {
+    "gpt2": ("clm", "seq_cls", "token_cls"),
+    "bert": ("mlm", "mlm_nsp", "seq_cls", "token_cls"),
+}
 TOKENIZER_TYPES = ("bpe", "wordpiece")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -104,6 +111,8 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
             f"{task!r} does not fit model {model['name']!r} ({family}); "
             f"allowed: {', '.join(FAMILY_TASKS[family])}",
         )
+    if model["head"]:
+        _check_head(model["head"], task, init_config)
     _positive(cfg, "model", ("hidden_size", "num_layers", "num_heads", "max_positions"))
     if model["hidden_size"] % model["num_heads"]:
         raise ConfigError(
@@ -230,6 +239,20 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
         raise ConfigError(
             "tokenizer.path",
             f"no tokenizer at {tok_path}; train one with `raylm tokenizer tokenizer.path={tok_path} data.train_files=[...]`",
+        )
+
+
+def _check_head(head: str, task: str, init_config: Any) -> None:
+    from ..models.heads import resolve_head
+
+    if task != "seq_cls":
+        raise ConfigError("model.head", f"custom heads are for task=seq_cls, got task={task}")
+    resolve_head(head)  # raises naming model.head if unknown or not importable
+    saved = getattr(init_config, "head", None)
+    if saved is not None and saved != head:
+        raise ConfigError(
+            "model.head",
+            f"model.init_from already carries head {saved!r}; drop model.head or set it to {saved!r}",
         )
 
 

@@ -27,7 +27,7 @@ def load_text_dataset(
 
     Plain-text files are read one document per paragraph (blank-line separated), the
     layout BERT's pretraining data uses, so sentence pairs never cross documents.
-    Empty rows are dropped.
+    Empty rows (blank text, or an empty word list) are dropped, with a count printed.
     """
     import datasets
 
@@ -65,9 +65,15 @@ def load_text_dataset(
             )
     ds = ds.select_columns([text_column, *extra_columns])
     rows = len(ds)
-    ds = ds.filter(lambda t: isinstance(t, str) and t.strip() != "", input_columns=text_column)
+    ds = ds.filter(_non_empty, input_columns=text_column)
     if len(ds) == 0:
         raise ConfigError(key, f"holds no non-empty {text_column!r} rows")
     if len(ds) < rows:
         print(f"{key}: dropped {rows - len(ds)} rows with an empty {text_column!r}")
     return ds
+
+
+def _non_empty(value) -> bool:
+    if isinstance(value, str):
+        return value.strip() != ""
+    return isinstance(value, list) and len(value) > 0

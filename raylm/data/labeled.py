@@ -22,17 +22,41 @@ def label_names(values) -> list[str]:
     return sorted(str(v) for v in distinct)
 
 
+def decode_class_labels(ds, column: str):
+    """Integer ``ClassLabel`` columns (per row, or per word as in CoNLL datasets saved
+    with ``save_to_disk``) -> their names, so labels are stored by name."""
+    import datasets
+
+    feature = ds.features[column]
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, datasets.ClassLabel):
+        names = feature.names
+        return ds.map(lambda v: {column: names[v]}, input_columns=column)
+    if isinstance(inner, datasets.ClassLabel):
+        names = inner.names
+        return ds.map(lambda v: {column: [names[i] for i in v]}, input_columns=column)
+    return ds
+
+
+def label_values(ds, column: str) -> list:
+    """A column's labels; per-word tag lists (token classification) are flattened."""
+    values = ds[column]
+    if values and isinstance(values[0], list):
+        return [v for row in values for v in row]
+    return list(values)
+
+
 def resolve_labels(train, eval_, column: str, given: list[str]) -> list[str]:
     """The label list: ``data.labels`` if given, else the training data's. Labels in the
     data but not in that list are an error naming them, never a silent new class."""
-    labels = [str(x) for x in given] or label_names(train[column])
+    labels = [str(x) for x in given] or label_names(label_values(train, column))
     if len(labels) < 2:
         raise ConfigError("data.label_column", f"needs at least 2 distinct labels, found {labels}")
     known = set(labels)
     for split, key in ((train, "data.train_files"), (eval_, "data.eval_files")):
         if split is None:
             continue
-        unseen = sorted({str(v) for v in split[column]} - known)
+        unseen = sorted({str(v) for v in label_values(split, column)} - known)
         if unseen:
             where = "data.labels" if given else "the training data"
             raise ConfigError(key, f"labels not in {where}: {', '.join(unseen[:10])}")

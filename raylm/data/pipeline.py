@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .labeled import encode_classification
+from .tagged import encode_tagging
 from .tokenizer import load_tokenizer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -147,11 +148,9 @@ def build_dataset(
         fn = pack_masked
     elif task == "mlm_nsp":
         fn, kwargs = pair_sentences, {**kwargs, "seed": seed}
-    elif task == "seq_cls":
-        fn, kwargs = (
-            encode_classification,
-            {**kwargs, "label_column": label_column, "labels": labels},
-        )
+    elif task in ("seq_cls", "token_cls"):
+        fn = encode_classification if task == "seq_cls" else encode_tagging
+        kwargs = {**kwargs, "label_column": label_column, "labels": labels}
     else:
         raise ValueError(f"unknown task {task!r}")
     return ds.map_batches(

@@ -81,6 +81,61 @@ def write_labeled(path: str | Path, n_docs: int, seed: int = 0) -> Path:
     return path
 
 
+# Tagging: people (two words: B-PER I-PER) and places (one or two words) in the topic
+# grammar, so a tagger must learn both which words are entities and where each starts.
+FIRST_NAMES = ["anna", "ben", "clara", "dev", "elena", "felix", "grace", "hugo"]
+LAST_NAMES = ["smith", "novak", "okafor", "tanaka", "rossi", "berg"]
+PLACE_WORDS = ["harbor", "valley", "station", "bridge", "meadow", "square"]
+PLACE_PREFIXES = ["north", "south", "old", "new"]
+TAG_TEMPLATES = [
+    "PER walks to LOC .",
+    "the ADJ NOUN VERB near LOC .",
+    "PER and PER meet at LOC .",
+    "at LOC , PER sees the ADJ NOUN .",
+    "the ADJ NOUN VERB .",
+]
+
+
+def tagged_sentence(rng: random.Random) -> tuple[list[str], list[str]]:
+    nouns, verbs = TOPICS[rng.choice(sorted(TOPICS))]
+    words: list[str] = []
+    tags: list[str] = []
+    for slot in rng.choice(TAG_TEMPLATES).split():
+        if slot == "PER":
+            words += [rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)]
+            tags += ["B-PER", "I-PER"]
+        elif slot == "LOC":
+            place = [rng.choice(PLACE_PREFIXES)] if rng.random() < 0.5 else []
+            place.append(rng.choice(PLACE_WORDS))
+            words += place
+            tags += ["B-LOC"] + ["I-LOC"] * (len(place) - 1)
+        else:
+            pool = {"ADJ": ADJECTIVES, "NOUN": nouns, "VERB": verbs}.get(slot)
+            words.append(rng.choice(pool) if pool else slot)
+            tags.append("O")
+    return words, tags
+
+
+def tagged_rows(n_rows: int, seed: int = 0) -> list[dict]:
+    """``{"tokens": [...], "tags": [...]}`` rows with BIO tags (PER, LOC)."""
+    rng = random.Random(seed)
+    return [dict(zip(("tokens", "tags"), tagged_sentence(rng), strict=True)) for _ in range(n_rows)]
+
+
+def write_tagged(path: str | Path, n_rows: int, seed: int = 0) -> Path:
+    """Write tagging rows as ``.jsonl`` (or ``.parquet``, which keeps the lists typed)."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(tagged_rows(n_rows, seed))
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
 def write_corpus(path: str | Path, n_docs: int, seed: int = 0) -> Path:
     """Write ``.txt`` (blank line between documents) or ``.jsonl`` ({"text": ...})."""
     path = Path(path)

@@ -14,6 +14,7 @@ AUTO_CLASS = {
     "mlm": "AutoModelForMaskedLM",
     "mlm_nsp": "AutoModelForPreTraining",
     "seq_cls": "AutoModelForSequenceClassification",
+    "token_cls": "AutoModelForTokenClassification",
 }
 
 
@@ -72,7 +73,13 @@ def supports_task(config, task: str) -> bool:
     return type(config) in auto_class(task)._model_mapping
 
 
+def base_config(config):
+    """The encoder's config of a custom-head model (:mod:`.heads`), else the config."""
+    return config.encoder_config() if hasattr(config, "encoder_config") else config
+
+
 def positions_and_vocab(config) -> tuple[int, int]:
+    config = base_config(config)
     positions = getattr(config, "n_positions", None) or config.max_position_embeddings
     return int(positions), int(config.vocab_size)
 
@@ -117,15 +124,28 @@ def build_model(
     cls = auto_class(task)
     extra = label_kwargs(labels, tokenizer)
     if model["init_from"]:
-        return cls.from_pretrained(model["init_from"], **extra)
-    config = preset_config(model, vocab_size, tokenizer)
-    for key, value in extra.items():
-        setattr(config, key, value)
-    return cls.from_config(config)
+        init_config = load_init_config(model["init_from"])
+        if not model.get("head") or hasattr(init_config, "head"):
+            return cls.from_pretrained(model["init_from"], **extra)  # its own head, if any
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(model["init_from"])
+    else:
+        config = preset_config(model, vocab_size, tokenizer)
+        if not model.get("head"):
+            config.update(extra)
+            return cls.from_config(config)
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_config(config)
+    from .heads import build_headed
+
+    return build_headed(model["head"], encoder, extra, model["dropout"])
 
 
 def flops_per_token(config, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the matmuls plus attention's 12·L·H·T (PaLM, App. B)."""
+    config = base_config(config)
     n_layer = getattr(config, "n_layer", None) or config.num_hidden_layers
     hidden = getattr(config, "n_embd", None) or config.hidden_size
     inner = (

@@ -1,4 +1,5 @@
-"""``raylm predict``: read a file, classify every row on a Ray Data actor pool, write a file.
+"""``raylm predict``: read a file, classify (or tag) every row on a Ray Data actor pool,
+write a file.
 
 Rows stream through the actors in input order and are written by the driver into a temp
 file renamed at the end, so the output lines up with the input and is never half there.
@@ -16,25 +17,20 @@ from .._internal.logs import quiet_libraries
 from ..config import ConfigError
 from ..data.files import BUILDERS
 from ..data.pipeline import to_ray_dataset
+from ..models.artifact import model_info
 from ..train.job import init_ray
+from .predictor import PREDICTORS
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 
 
 def validate_predict(c: dict[str, Any]) -> None:
-    model_dir = Path(c["model_dir"]).expanduser()
-    if not (model_dir / "config.json").exists():
-        raise ConfigError(
-            "model_dir", f"{model_dir} is not a save_pretrained directory (no config.json)"
-        )
-    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
-        raise ConfigError("model_dir", f"{model_dir} holds no weights (*.safetensors or *.bin)")
-    config = json.loads((model_dir / "config.json").read_text())
-    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+    info = model_info(c["model_dir"])
+    if info["task"] not in ("seq_cls", "token_cls"):
         raise ConfigError(
             "model_dir",
-            f"{model_dir} is not a sequence classifier (architectures: "
-            f"{config.get('architectures')}); fine-tune one with raylm finetune",
+            f"{c['model_dir']} is a {info['task']} model, neither a sequence nor a token "
+            "classifier; fine-tune one with raylm finetune",
         )
     src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser()
     if not src.is_file():
@@ -66,26 +62,38 @@ def read_rows(path: Path, text_column: str):
     return ds.select_columns([text_column])
 
 
-def write_rows(frames, path: Path) -> int:
-    """Append the streamed batches to a temp file, then rename it to ``path``: memory
-    stays at one batch and a crash leaves no partial output under the final name."""
-    import pyarrow as pa
+def write_rows(tables, path: Path) -> int:
+    """Append the streamed Arrow batches to a temp file, then rename it to ``path``: memory
+    stays at one batch and a crash leaves no partial output under the final name. In CSV,
+    list columns (a tagger's tags and entities) are written as JSON strings."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     tmp = path.with_name(f".{path.name}.tmp")
     suffix, n, writer = path.suffix.lower(), 0, None
     try:
         with open(tmp, "wb") as f:
-            for frame in frames:
+            for table in tables:
                 if suffix == ".jsonl":
-                    f.write(frame.to_json(orient="records", lines=True, force_ascii=False).encode())
+                    lines = (
+                        json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()
+                    )
+                    f.write("".join(lines).encode())
                 elif suffix == ".csv":
+                    frame = pd.DataFrame(
+                        {
+                            name: [
+                                json.dumps(v) if isinstance(v, (list, dict)) else v
+                                for v in table.column(name).to_pylist()
+                            ]
+                            for name in table.column_names
+                        }
+                    )
                     f.write(frame.to_csv(index=False, header=n == 0).encode())
                 else:
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
                     writer = writer or pq.ParquetWriter(f, table.schema)
                     writer.write_table(table)
-                n += len(frame)
+                n += table.num_rows
             if writer:
                 writer.close()
         tmp.replace(path)
@@ -97,10 +105,10 @@ def write_rows(frames, path: Path) -> int:
 def run(cfg: DictConfig) -> Path:
     import ray.data
 
-    from .predictor import Classifier
-
     c = OmegaConf.to_container(cfg, resolve=True)
     validate_predict(c)
+    model_dir = Path(c["model_dir"]).expanduser().resolve()
+    predictor = PREDICTORS[model_info(model_dir)["task"]]
     quiet_libraries(c["ray"]["verbose"])
     src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser().resolve()
     rows = read_rows(src, c["text_column"])
@@ -108,20 +116,22 @@ def run(cfg: DictConfig) -> Path:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = bool(c["ray"]["verbose"])
-    predictions = to_ray_dataset(rows, rows_per_block=c["batch_size"] * 4).map_batches(
-        Classifier,
+    rows_per_block = c["batch_size"] * 4
+    blocks = -(-len(rows) // rows_per_block)  # no more actors than there is work for
+    predictions = to_ray_dataset(rows, rows_per_block).map_batches(
+        predictor,
         fn_constructor_kwargs={
-            "model_dir": str(Path(c["model_dir"]).expanduser().resolve()),
+            "model_dir": str(model_dir),
             "text_column": c["text_column"],
             "use_gpu": c["use_gpu"],
         },
         batch_size=c["batch_size"],
         batch_format="numpy",
-        concurrency=c["num_actors"],
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(c["num_actors"], blocks))),
         num_cpus=c["cpus_per_actor"],
         num_gpus=1 if c["use_gpu"] else 0,
     )
     dst.parent.mkdir(parents=True, exist_ok=True)
-    n = write_rows(predictions.iter_batches(batch_format="pandas"), dst)
+    n = write_rows(predictions.iter_batches(batch_format="pyarrow"), dst)
     print(f"predictions for {n} rows written to {dst}")
     return dst

@@ -29,7 +29,7 @@ class Batcher:
 
     def __call__(self, batch: dict[str, torch.Tensor], index: int, device) -> dict[str, Any]:
         ids = batch["input_ids"].long()
-        if self.task == "seq_cls":
+        if self.task in ("seq_cls", "token_cls"):
             keys = ("input_ids", "attention_mask", "labels")
             return {k: batch[k].long().to(device) for k in keys}
         if self.task == "clm":

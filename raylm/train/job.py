@@ -68,7 +68,13 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     if c["task"] in CLASSIFICATION_TASKS and c["model"]["init_from"]:
         from ..models.build import has_head_for
 
-        if not has_head_for(init_config, c["task"]):
+        head = c["model"]["head"]
+        if head and getattr(init_config, "head", None) is None:
+            print(
+                f"model.head={head}: a new head is initialized and trained on top of the "
+                f"encoder of {c['model']['init_from']}"
+            )
+        elif not has_head_for(init_config, c["task"]):
             print(
                 f"model.init_from={c['model']['init_from']} has no {c['task']} head: a new one "
                 "is initialized and trained from scratch on top of its encoder"
@@ -140,24 +146,29 @@ def init_ray(c: dict[str, Any]) -> None:
 def load_documents(c: dict[str, Any]) -> dict[str, Any]:
     """The train (and eval) ``datasets.Dataset``s; for classification also ``c["labels"]``."""
     from ..data.files import load_text_dataset
-    from ..data.labeled import hold_out, resolve_labels
+    from ..data.labeled import decode_class_labels, hold_out, resolve_labels
+    from ..data.tagged import check_bio, check_lengths
 
-    data = c["data"]
-    labeled = c["task"] in CLASSIFICATION_TASKS
+    data, task = c["data"], c["task"]
+    labeled = task in CLASSIFICATION_TASKS
     extra = (data["label_column"],) if labeled else ()
-    docs = {
-        "train": load_text_dataset(
-            data["train_files"], data["text_column"], "data.train_files", extra
-        )
-    }
-    if data["eval_files"]:
-        docs["eval"] = load_text_dataset(
-            data["eval_files"], data["text_column"], "data.eval_files", extra
-        )
+    files = {"train": data["train_files"], "eval": data["eval_files"]}
+    docs = {}
+    for name, paths in files.items():
+        if not paths:
+            continue
+        key = f"data.{name}_files"
+        docs[name] = load_text_dataset(paths, data["text_column"], key, extra)
+        if labeled:
+            docs[name] = decode_class_labels(docs[name], data["label_column"])
+        if task == "token_cls":
+            check_lengths(docs[name], data["text_column"], data["label_column"], key)
     if labeled:
         c["labels"] = resolve_labels(
             docs["train"], docs.get("eval"), data["label_column"], data["labels"]
         )
+        if task == "token_cls":
+            check_bio(c["labels"], "data.labels" if data["labels"] else "data.label_column")
         if "eval" not in docs:
             docs["train"], docs["eval"] = hold_out(
                 docs["train"], data["eval_fraction"], c["trainer"]["seed"]

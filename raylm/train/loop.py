@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .._internal.logs import quiet_libraries
+from ..config.validate import CLASSIFICATION_TASKS
 from ..data.tokenizer import load_tokenizer
 from ..models import build_model, flops_per_token
 from .batches import Batcher
@@ -25,7 +26,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_config import shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
-from .metrics import MetricsLog, classification_metrics, peak_flops, peak_memory_bytes
+from .metrics import MetricsLog, peak_flops, peak_memory_bytes
+from .scoring import make_scorer
 
 NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
 
@@ -66,42 +68,29 @@ def evaluate(
     labels: list[str] | None = None,
 ) -> dict:
     """Mean loss over up to ``max_batches`` per rank (classification: every eval row),
-    reduced over ranks. Masks come from fixed indices, so successive evals score the
-    same masked positions."""
+    reduced over ranks, plus the task's scores. Masks come from fixed indices, so
+    successive evals score the same masked positions."""
     engine.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, batches, nsp correct, nsp seen
-    confusion = torch.zeros(len(labels or ()), len(labels or ()), device=engine.device)
+    scorer = make_scorer(task, labels, engine.device)
+    sums = [0.0, 0.0]  # loss, batches
     for i, batch in enumerate(shard.iter_torch_batches(batch_size=micro_batch)):
-        if i >= max_batches and task != "seq_cls":
+        if i >= max_batches and task not in CLASSIFICATION_TASKS:
             break
         inputs = batcher(batch, -(i + 1), engine.device)
         out = engine(**inputs)
         sums[0] += float(out.loss)
         sums[1] += 1
-        if task == "mlm_nsp":
-            pred = out.seq_relationship_logits.argmax(-1)
-            sums[2] += float((pred == inputs["next_sentence_label"]).sum())
-            sums[3] += pred.numel()
-        elif task == "seq_cls":
-            pred = out.logits.argmax(-1)
-            confusion.index_put_(
-                (inputs["labels"], pred),
-                torch.ones_like(pred, dtype=confusion.dtype),
-                accumulate=True,
-            )
+        if scorer:
+            scorer.update(inputs, out)
     engine.train()
-    loss_sum, n, correct, seen = _all_reduce_sum(sums, engine.device)
+    loss_sum, n = _all_reduce_sum(sums, engine.device)
     if n == 0:
         return {}
-    metrics = {"eval_loss": loss_sum / n, "eval_perplexity": math.exp(min(loss_sum / n, 50.0))}
-    if task == "mlm_nsp":
-        metrics["eval_nsp_accuracy"] = correct / max(seen, 1)
-    if task != "clm" and task != "mlm":
-        metrics.pop("eval_perplexity")  # not a language-model loss alone
-    if task == "seq_cls":
-        if dist.is_initialized():
-            dist.all_reduce(confusion)
-        metrics.update(classification_metrics(confusion.cpu(), labels))
+    metrics = {"eval_loss": loss_sum / n}
+    if task in ("clm", "mlm"):  # perplexity of a language-model loss alone
+        metrics["eval_perplexity"] = math.exp(min(loss_sum / n, 50.0))
+    if scorer:
+        metrics.update(scorer.result())
     return metrics
 
 
@@ -257,6 +246,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     f"{task} loss {last['loss']:.3f}"
                     + (f" eval {last['eval_loss']:.3f}" if "eval_loss" in last else "")
                     + (f" acc {last['eval_accuracy']:.3f}" if "eval_accuracy" in last else "")
+                    + (f" f1 {last['eval_f1']:.3f}" if "eval_f1" in last else "")
                 )
             if step % tr["checkpoint_every"] == 0 or step == max_steps:
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:

@@ -45,28 +45,6 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def classification_metrics(confusion: torch.Tensor, labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-class precision / recall from a confusion matrix whose
-    rows are true labels and columns predictions (summed over every rank)."""
-    confusion = confusion.double()
-    tp = confusion.diag()
-    predicted, actual = confusion.sum(0), confusion.sum(1)
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
-    f1 = torch.where(
-        precision + recall > 0,
-        2 * precision * recall / (precision + recall).clamp(min=1e-12),
-        torch.zeros_like(tp),
-    )
-    return {
-        "eval_accuracy": float(tp.sum() / confusion.sum().clamp(min=1)),
-        "eval_macro_f1": float(f1.mean()),
-        "eval_precision": {name: float(p) for name, p in zip(labels, precision, strict=True)},
-        "eval_recall": {name: float(r) for name, r in zip(labels, recall, strict=True)},
-        "eval_confusion": confusion.long().tolist(),
-    }
-
-
 class MetricsLog:
     """Appends one JSON object per log event and mirrors scalars to TensorBoard.
 
