@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "raylm.predict.job:run",
         "label or tag every row of a file with a fine-tuned model (Ray Data, actor pool)",
     ),
+    "serve": (
+        "raylm.serve.job:run",
+        "serve models over HTTP with Ray Serve (or write the Serve config for serve deploy)",
+    ),
 }
 
 

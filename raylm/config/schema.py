@@ -179,11 +179,64 @@ class PredictJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+@dataclass
+class AutoscalingConfig:
+    # max_replicas > 0 turns autoscaling on (num_replicas is then ignored); Serve adds or
+    # removes replicas to keep about target_ongoing_requests in flight per replica.
+    min_replicas: int = 1
+    max_replicas: int = 0
+    target_ongoing_requests: float = 2.0
+
+
+@dataclass
+class ServeConfig:
+    # Several models in one application: ["name=DIR", ...]; each is its own deployment.
+    models: list[str] = field(default_factory=list)
+    # Write a Ray Serve config file (for `serve deploy` or a RayService's serveConfigV2)
+    # here instead of starting anything.
+    export: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    app_name: str = "raylm"
+    # Per model deployment.
+    num_replicas: int = 1
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    # torch intra-op threads per replica.
+    threads: int = 1
+    # Requests a replica works on at once; past that they queue, and past
+    # max_queued_requests (per deployment) new ones get 503 with Retry-After.
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
+    retry_after_s: int = 1
+    # Dynamic batching (@serve.batch): requests per forward pass, and how long the first
+    # request of a batch waits for others.
+    batch_size: int = 16
+    batch_wait_s: float = 0.005
+    # Request limits: a request past them is a 4xx naming the field.
+    max_texts: int = 64
+    max_chars: int = 2000
+    max_new_tokens: int = 256
+
+
+@dataclass
+class ServeJobConfig:
+    """``raylm serve``: a Ray Serve application over one or more exported models."""
+
+    # One model (served under its directory's name); or serve.models for several.
+    model_dir: str | None = None
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
 SCHEMAS: dict[str, type] = {
     "tokenizer": TokenizerJobConfig,
     "pretrain": PretrainJobConfig,
     "finetune": FinetuneJobConfig,
     "predict": PredictJobConfig,
+    "serve": ServeJobConfig,
 }
 
 

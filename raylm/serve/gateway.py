@@ -1,0 +1,224 @@
+"""The HTTP ingress: FastAPI routes that check a request, pick the model, and call its
+deployment through a handle.
+
+Every user mistake is a 4xx whose ``error`` names the field (never a 500); a model
+deployment whose queue is full answers 503 with ``Retry-After``, and the next request
+after the queue drains is served as usual.
+"""
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from .schemas import (
+    ClassifyResponse,
+    FillMaskRequest,
+    FillMaskResponse,
+    GenerateRequest,
+    GenerateResponse,
+    TagResponse,
+    TextsRequest,
+)
+
+api = FastAPI(
+    title="raylm",
+    description="Classification, tagging, fill-mask and generation with raylm models.",
+    version="1",
+)
+
+
+class RequestError(Exception):
+    """A bad request: HTTP ``status`` with ``field: message``."""
+
+    def __init__(self, status: int, field: str, message: str):
+        self.status, self.field, self.message = status, field, message
+
+
+def _error(status: int, field: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": f"{field}: {message}", "field": field}, status_code=status, headers=headers
+    )
+
+
+@api.exception_handler(RequestError)
+async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status, exc.field, exc.message)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """pydantic's error list -> the first error as ``field: message`` (422)."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return _error(400, "body", f"malformed JSON ({first.get('ctx', {}).get('error', '')})")
+    field = ".".join(loc) or "body"
+    return _error(422, field, first.get("msg", "invalid value"))
+
+
+class Overloaded(Exception):
+    """The model deployment's queue is full: 503, come back in ``retry_after_s``."""
+
+    def __init__(self, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+
+
+@api.exception_handler(Overloaded)
+async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+    return _error(
+        503,
+        "model",
+        "the model's request queue is full; retry later",
+        {"Retry-After": str(exc.retry_after_s)},
+    )
+
+
+# Handlers are registered before the class: serve.ingress takes the app as it is then.
+@serve.deployment
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, models: dict[str, DeploymentHandle], limits: dict[str, Any]):
+        self.handles = models
+        self.limits = limits
+        self.infos: dict[str, dict] = {}
+        self.infos_lock = asyncio.Lock()
+
+    async def _infos(self) -> dict[str, dict]:
+        """Each model's info, asked of its deployment once (it knows its mask token and
+        device); concurrent first requests wait for the same answer."""
+        async with self.infos_lock:
+            if not self.infos:
+                self.infos = {
+                    name: await self._call(handle.info) for name, handle in self.handles.items()
+                }
+        return self.infos
+
+    async def _pick(self, requested: str | None, task: str | tuple[str, ...], endpoint: str):
+        """The named model (which must have the task), or the only model with it."""
+        tasks = (task,) if isinstance(task, str) else task
+        infos = await self._infos()
+        if requested is not None:
+            if requested not in infos:
+                raise RequestError(
+                    404, "model", f"unknown model {requested!r}; served: {', '.join(infos)}"
+                )
+            info = infos[requested]
+            if info["task"] not in tasks:
+                raise RequestError(
+                    400,
+                    "model",
+                    f"{requested!r} is a {info['task']} model; it answers {info['endpoint']}, "
+                    f"not {endpoint}",
+                )
+            return requested, self.handles[requested]
+        able = [n for n, i in infos.items() if i["task"] in tasks]
+        if len(able) != 1:
+            have = ", ".join(f"{n} ({i['task']})" for n, i in infos.items())
+            problem = "no served model" if not able else "several served models"
+            raise RequestError(
+                400 if not able else 422,
+                "model",
+                f"{problem} answer {endpoint}; served: {have}" + ("; name one" if able else ""),
+            )
+        return able[0], self.handles[able[0]]
+
+    def _check_texts(self, texts: list[str]) -> None:
+        if len(texts) > self.limits["max_texts"]:
+            raise RequestError(
+                422,
+                "texts",
+                f"at most {self.limits['max_texts']} texts per request, got {len(texts)}",
+            )
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise RequestError(422, f"texts.{i}", "is empty")
+            if len(t) > self.limits["max_chars"]:
+                raise RequestError(
+                    422,
+                    f"texts.{i}",
+                    f"has {len(t)} characters; at most {self.limits['max_chars']}",
+                )
+
+    async def _call(self, method, *args):
+        try:
+            return await method.remote(*args)
+        except BackPressureError:
+            raise Overloaded(self.limits["retry_after_s"]) from None
+
+    @api.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(self, body: TextsRequest):
+        self._check_texts(body.texts)
+        name, handle = await self._pick(body.model, "seq_cls", "/v1/classify")
+        return {"model": name, "results": await self._call(handle.classify, body.texts)}
+
+    @api.post("/v1/tag", response_model=TagResponse)
+    async def tag(self, body: TextsRequest):
+        self._check_texts(body.texts)
+        name, handle = await self._pick(body.model, "token_cls", "/v1/tag")
+        return {"model": name, "results": await self._call(handle.tag, body.texts)}
+
+    @api.post("/v1/fill-mask", response_model=FillMaskResponse)
+    async def fill_mask(self, body: FillMaskRequest):
+        self._check_texts(body.texts)
+        name, handle = await self._pick(body.model, ("mlm", "mlm_nsp"), "/v1/fill-mask")
+        mask = (await self._infos())[name]["mask_token"]
+        for i, t in enumerate(body.texts):
+            if mask not in t:
+                raise RequestError(422, f"texts.{i}", f"has no mask token {mask}")
+        results = await self._call(handle.fill_mask, (body.texts, body.top_k))
+        return {"model": name, "results": results}
+
+    @api.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(self, body: GenerateRequest):
+        if len(body.prompt) > self.limits["max_chars"]:
+            raise RequestError(
+                422,
+                "prompt",
+                f"has {len(body.prompt)} characters; at most {self.limits['max_chars']}",
+            )
+        if body.max_new_tokens > self.limits["max_new_tokens"]:
+            raise RequestError(422, "max_new_tokens", f"at most {self.limits['max_new_tokens']}")
+        name, handle = await self._pick(body.model, "clm", "/v1/generate")
+        sampling = body.model_dump(
+            include={"max_new_tokens", "temperature", "top_k", "top_p", "seed"}
+        )
+        if not body.stream:
+            text = await self._call(handle.generate, body.prompt, sampling)
+            return {"model": name, "text": text}
+        stream = handle.options(stream=True).generate_stream.remote(body.prompt, sampling)
+        try:  # the first piece tells overload apart before the 200 goes out
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BackPressureError:
+            raise Overloaded(self.limits["retry_after_s"]) from None
+
+        async def events():
+            if first is not None:
+                yield f"data: {json.dumps({'text': first})}\n\n"
+                async for piece in stream:
+                    yield f"data: {json.dumps({'text': piece})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @api.get("/v1/models")
+    async def models(self):
+        infos = await self._infos()
+        return {
+            "models": [
+                {k: v for k, v in info.items() if k not in ("model_dir",)}
+                for info in infos.values()
+            ]
+        }
+
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "models": list(self.handles)}

@@ -1,0 +1,146 @@
+"""``raylm serve``: check the model directories, then start the application on the
+embedded local cluster or ``ray.address`` (and wait for Ctrl-C), or write its Serve
+config file with ``serve.export=FILE``."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .._internal.logs import quiet_libraries
+from ..config import ConfigError
+from ..models.artifact import model_info
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _default_name(model_dir: str) -> str:
+    """``runs/cls/model`` -> ``cls``: an export is always called model/, its run is not."""
+    p = Path(model_dir).expanduser().resolve()
+    return p.parent.name if p.name == "model" else p.name
+
+
+def resolve_models(c: dict[str, Any]) -> dict[str, str]:
+    """``model_dir`` and ``serve.models=[name:DIR, ...]`` -> {name: absolute dir}."""
+    models: dict[str, str] = {}
+    entries = [(None, c["model_dir"])] if c["model_dir"] else []
+    for item in c["serve"]["models"]:
+        # name=DIR as the issue spells it (Hydra wants it quoted: 'cls=runs/cls/model'),
+        # or name:DIR, which Hydra takes unquoted.
+        name, sep, path = str(item).partition("=" if "=" in str(item) else ":")
+        if not sep or not name or not path:
+            raise ConfigError("serve.models", f"entries are name:DIR (or 'name=DIR'), got {item!r}")
+        entries.append((name, path))
+    if not entries:
+        raise ConfigError("model_dir", "give model_dir=DIR or serve.models=[name=DIR,...]")
+    for name, path in entries:
+        key = "model_dir" if name is None else "serve.models"
+        name = name or _default_name(path)
+        if not _NAME.match(name):
+            raise ConfigError(key, f"model name {name!r}: use letters, digits, _ . -")
+        if name in models:
+            raise ConfigError(key, f"model name {name!r} is given twice")
+        models[name] = model_info(path, key)["model_dir"]
+    return models
+
+
+def validate_serve(c: dict[str, Any]) -> None:
+    s = c["serve"]
+    for key in ("num_replicas", "threads", "max_ongoing_requests", "batch_size", "max_texts"):
+        if s[key] < 1:
+            raise ConfigError(f"serve.{key}", f"must be >= 1, got {s[key]}")
+    for key in ("max_chars", "max_new_tokens", "max_queued_requests"):
+        if s[key] < 1:
+            raise ConfigError(f"serve.{key}", f"must be >= 1, got {s[key]}")
+    if s["cpus_per_replica"] < 0 or s["gpus_per_replica"] < 0:
+        raise ConfigError("serve.cpus_per_replica", "CPUs and GPUs per replica must be >= 0")
+    if s["batch_wait_s"] < 0:
+        raise ConfigError("serve.batch_wait_s", f"must be >= 0, got {s['batch_wait_s']}")
+    a = s["autoscaling"]
+    if a["max_replicas"] and not 0 <= a["min_replicas"] <= a["max_replicas"]:
+        raise ConfigError(
+            "serve.autoscaling.min_replicas",
+            f"must be in [0, serve.autoscaling.max_replicas={a['max_replicas']}], "
+            f"got {a['min_replicas']}",
+        )
+    if a["target_ongoing_requests"] <= 0:
+        raise ConfigError("serve.autoscaling.target_ongoing_requests", "must be > 0")
+    if not str(s["route_prefix"]).startswith("/"):
+        raise ConfigError("serve.route_prefix", f"must start with /, got {s['route_prefix']!r}")
+    if not 0 < s["port"] < 65536:
+        raise ConfigError("serve.port", f"must be a TCP port, got {s['port']}")
+
+
+def app_args(c: dict[str, Any]) -> dict[str, Any]:
+    from .app import DEFAULTS
+
+    s = c["serve"]
+    args = {k: s[k] for k in DEFAULTS if k != "models"}
+    args["models"] = resolve_models(c)
+    return args
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Checked against Serve's own schema, written under a temp name, then renamed."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def start(c: dict[str, Any], args: dict[str, Any]) -> str:
+    """Deploy on the connected (or a new embedded) cluster; returns the base URL."""
+    from ray import serve
+
+    from ..train.job import init_ray
+    from .app import build_app
+
+    s = c["serve"]
+    init_ray(c)
+    serve.start(http_options={"host": s["host"], "port": s["port"]})
+    serve.run(build_app(args), name=s["app_name"], route_prefix=s["route_prefix"])
+    host = "127.0.0.1" if s["host"] in ("0.0.0.0", "::") else s["host"]
+    return f"http://{host}:{s['port']}{s['route_prefix'].rstrip('/')}"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    validate_serve(c)
+    args = app_args(c)
+    s = c["serve"]
+    if s["export"]:
+        from .app import serve_config
+
+        config = serve_config(args, s["app_name"], s["route_prefix"], s["host"], s["port"])
+        path = write_config(Path(s["export"]).expanduser().resolve(), config)
+        print(f"Serve config written to {path}; deploy it with `serve deploy {path}`")
+        return {"export": str(path), "models": args["models"]}
+    quiet_libraries(c["ray"]["verbose"])
+    url = start(c, args)
+    for name, model_dir in args["models"].items():
+        print(
+            f"{name}: {model_info(model_dir)['task']} model at {url}{model_info(model_dir)['endpoint']}"
+        )
+    print(f"serving at {url} (API docs: {url}/docs); Ctrl-C stops")
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down")
+    finally:
+        serve.shutdown()
+    return {"url": url, "models": args["models"]}

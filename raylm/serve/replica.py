@@ -1,0 +1,136 @@
+"""The model deployment: one per served model, each replica holding the model once.
+
+Classification, tagging and fill-mask requests go through ``@serve.batch``: requests
+that arrive within ``batch_wait_s`` of each other share one tokenizer call and one
+forward pass. The forward runs in a worker thread, so the replica's event loop keeps
+collecting the next batch meanwhile. Generation is per request (each has its own
+sampling parameters and may stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from ..models.artifact import model_info
+
+_WORD = re.compile(r"\S+")
+
+
+def _split(flat: list, sizes: list[int]) -> list[list]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(flat[i : i + n])
+        i += n
+    return out
+
+
+def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    """Whitespace words and their character spans, the unit a tagger was trained on."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(
+        self,
+        name: str,
+        model_dir: str,
+        batch_size: int = 16,
+        batch_wait_s: float = 0.005,
+        threads: int = 1,
+    ):
+        import torch
+
+        from ..predict.generator import Generator
+        from ..predict.predictor import PREDICTORS
+
+        torch.set_num_threads(threads)
+        self.name = name
+        self.info_ = {"name": name, **model_info(model_dir)}
+        use_gpu = torch.cuda.is_available()  # the replica was given a GPU
+        task = self.info_["task"]
+        if task == "clm":
+            self.engine = Generator(model_dir, use_gpu=use_gpu)
+        else:
+            self.engine = PREDICTORS[task](model_dir, use_gpu=use_gpu)
+        self.mask_token = getattr(self.engine.tokenizer, "mask_token", None)
+        self.info_["mask_token"] = self.mask_token
+        self.info_["device"] = self.engine.device
+        for method in (self.classify, self.tag, self.fill_mask):
+            method.set_max_batch_size(batch_size)
+            method.set_batch_wait_timeout_s(batch_wait_s)
+
+    async def info(self) -> dict[str, Any]:
+        return self.info_
+
+    @serve.batch
+    async def classify(self, requests: list[list[str]]) -> list[list[dict]]:
+        flat = [t for texts in requests for t in texts]
+        probs = await asyncio.to_thread(self.engine.probabilities, flat)
+        labels = self.engine.labels
+        rows = [
+            {
+                "label": labels[int(p.argmax())],
+                "score": float(p.max()),
+                "probabilities": {name: float(x) for name, x in zip(labels, p, strict=True)},
+            }
+            for p in probs
+        ]
+        return _split(rows, [len(r) for r in requests])
+
+    @serve.batch
+    async def tag(self, requests: list[list[str]]) -> list[list[dict]]:
+        from ..data.tagged import spans
+
+        texts = [t for r in requests for t in r]
+        words = [words_with_offsets(t) for t in texts]
+        tagged = await asyncio.to_thread(self.engine.tag, [[w for w, _, _ in ws] for ws in words])
+        rows = []
+        for text, ws, (tags, scores) in zip(texts, words, tagged, strict=True):
+            tokens = [
+                {"word": w, "tag": tag, "score": score, "start": s, "end": e}
+                for (w, s, e), tag, score in zip(ws, tags, scores, strict=True)
+            ]
+            entities = [
+                {
+                    "type": kind,
+                    "text": text[ws[a][1] : ws[b - 1][2]],
+                    "start": ws[a][1],
+                    "end": ws[b - 1][2],
+                    "score": min(scores[a:b]),
+                }
+                for kind, a, b in spans(tags)
+            ]
+            rows.append({"entities": entities, "tokens": tokens})
+        return _split(rows, [len(r) for r in requests])
+
+    @serve.batch
+    async def fill_mask(self, requests: list[tuple[list[str], int]]) -> list[list]:
+        texts = [t for r, _ in requests for t in r]
+        top_k = max(k for _, k in requests)
+        filled = await asyncio.to_thread(self.engine.fill, texts, top_k)
+        per_request = _split(filled, [len(r) for r, _ in requests])
+        return [
+            [[cands[:k] for cands in text] for text in rows]
+            for rows, (_, k) in zip(per_request, requests, strict=True)
+        ]
+
+    async def generate(self, prompt: str, sampling: dict) -> str:
+        from ..predict.generator import Sampling
+
+        return await asyncio.to_thread(self.engine.generate, prompt, Sampling(**sampling))
+
+    async def generate_stream(self, prompt: str, sampling: dict) -> AsyncIterator[str]:
+        """Text pieces as they are made; the sampling loop runs in a thread, one step per
+        hop, so other requests on this replica are served between tokens."""
+        from ..predict.generator import Sampling
+
+        pieces = self.engine.stream(prompt, Sampling(**sampling))
+        done = object()
+        while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
+            yield piece

@@ -1,0 +1,328 @@
+"""Serving: a real Ray Serve application on the session's local cluster, real HTTP.
+
+Tiny random-weight models of each task stand in for trained ones: the tests are about
+the served answers equalling the model run directly, and about how bad input and
+overload are answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+import raylm
+
+PORT = 8765
+LABELS = {
+    "cls": ["city", "farm", "forest", "sea"],
+    "ner": ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"],
+}
+TASKS = {"cls": "seq_cls", "ner": "token_cls", "mlm": "mlm", "gpt": "clm"}
+
+
+def make_model_dirs(tokenizers, root: Path) -> dict[str, Path]:
+    """One exported model per task, as raylm's export writes them (with raylm.json)."""
+    from transformers import AutoTokenizer
+
+    from raylm.models.build import build_model
+
+    out = {}
+    for name, task in TASKS.items():
+        preset = "gpt2-tiny" if task == "clm" else "bert-tiny"
+        tok = AutoTokenizer.from_pretrained(tokenizers["bpe" if task == "clm" else "wordpiece"])
+        model_cfg = OmegaConf.to_container(raylm.compose("finetune", [f"model={preset}"]).model)
+        torch.manual_seed(0)
+        model = build_model(task, model_cfg, len(tok), tok, LABELS.get(name))
+        d = root / name / "model"
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        meta = {"task": task, "labels": LABELS.get(name), "metrics": {"eval_loss": 1.5}}
+        (d / "raylm.json").write_text(json.dumps(meta))
+        out[name] = d
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tokenizers, tmp_path_factory):
+    return make_model_dirs(tokenizers, tmp_path_factory.mktemp("served"))
+
+
+def serve_overrides(model_dirs, *extra):
+    models = ",".join(f"{n}:{d}" for n, d in model_dirs.items())
+    return [
+        f"serve.models=[{models}]",
+        f"serve.port={PORT}",
+        "serve.cpus_per_replica=0.25",
+        "serve.max_texts=8",
+        "serve.max_chars=200",
+        "serve.max_new_tokens=64",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster, model_dirs):
+    from ray import serve
+
+    from raylm.serve.job import app_args, start, validate_serve
+
+    c = OmegaConf.to_container(raylm.compose("serve", serve_overrides(model_dirs)), resolve=True)
+    validate_serve(c)
+    base = start(c, app_args(c))
+    yield base
+    serve.shutdown()
+
+
+def post(url, path, body, **kw):
+    return requests.post(url + path, json=body, timeout=60, **kw)
+
+
+def test_models_and_health(url):
+    assert requests.get(url + "/healthz", timeout=10).json()["status"] == "ok"
+    models = {m["name"]: m for m in requests.get(url + "/v1/models", timeout=10).json()["models"]}
+    assert {n: m["task"] for n, m in models.items()} == TASKS
+    assert models["cls"]["labels"] == LABELS["cls"] and models["cls"]["endpoint"] == "/v1/classify"
+    assert models["gpt"]["metrics"] == {"eval_loss": 1.5}
+    assert "/v1/classify" in requests.get(url + "/openapi.json", timeout=10).json()["paths"]
+
+
+TEXTS = ["the red ship sails near the harbor.", "a calm cow grazes.", "the owl watches"]
+
+
+def test_classify_equals_the_model_run_directly(url, model_dirs):
+    from raylm.predict.predictor import Classifier
+
+    got = post(url, "/v1/classify", {"texts": TEXTS}).json()
+    direct = Classifier(str(model_dirs["cls"])).probabilities(TEXTS)
+    assert got["model"] == "cls"
+    for row, probs in zip(got["results"], direct, strict=True):
+        served = [row["probabilities"][label] for label in LABELS["cls"]]
+        assert served == pytest.approx(probs.tolist(), abs=1e-5)
+        assert row["label"] == LABELS["cls"][int(probs.argmax())]
+
+
+def test_tag_equals_the_model_run_directly(url, model_dirs):
+    from raylm.predict.predictor import Tagger
+
+    text = "anna  smith walks to north harbor ."
+    got = post(url, "/v1/tag", {"texts": [text]}).json()["results"][0]
+    tags, scores = Tagger(str(model_dirs["ner"])).tag([text.split()])[0]
+    assert [t["tag"] for t in got["tokens"]] == tags
+    assert [t["score"] for t in got["tokens"]] == pytest.approx(scores, abs=1e-5)
+    for token in got["tokens"]:
+        assert text[token["start"] : token["end"]] == token["word"]  # character spans
+    for entity in got["entities"]:
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+
+
+def test_fill_mask_equals_the_model_run_directly(url, model_dirs):
+    from raylm.predict.predictor import FillMasker
+
+    texts = ["the red [MASK] sails near the [MASK].", "the [MASK] cow"]
+    got = post(url, "/v1/fill-mask", {"texts": texts, "top_k": 3}).json()["results"]
+    direct = FillMasker(str(model_dirs["mlm"])).fill(texts, 3)
+    assert [len(t) for t in got] == [2, 1]  # one candidate list per mask token
+    for served_text, direct_text in zip(got, direct, strict=True):
+        for served, expected in zip(served_text, direct_text, strict=True):
+            assert [c["token"] for c in served] == [c["token"] for c in expected]
+            assert [c["score"] for c in served] == pytest.approx(
+                [c["score"] for c in expected], abs=1e-5
+            )
+
+
+def test_generate_greedy_stream_and_seed(url, model_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dirs["gpt"])
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["gpt"]).eval()
+    ids = tok("the swift fox", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(ids, do_sample=False, max_new_tokens=10, pad_token_id=tok.eos_token_id)
+    expected = tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
+    body = {"prompt": "the swift fox", "max_new_tokens": 10, "temperature": 0}
+    assert post(url, "/v1/generate", body).json()["text"] == expected
+
+    r = post(url, "/v1/generate", {**body, "stream": True}, stream=True)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [line[len("data: ") :] for line in r.iter_lines(decode_unicode=True) if line]
+    assert events[-1] == "[DONE]" and len(events) > 2
+    assert "".join(json.loads(e)["text"] for e in events[:-1]) == expected
+
+    sampled = {**body, "temperature": 0.9, "top_k": 50, "top_p": 0.95, "seed": 7}
+    first = post(url, "/v1/generate", sampled).json()["text"]
+    assert post(url, "/v1/generate", sampled).json()["text"] == first
+
+
+def test_64_concurrent_requests_all_answered_correctly(url, model_dirs):
+    from raylm.data.synthetic import labeled_documents
+    from raylm.predict.predictor import Classifier
+
+    texts = [r["text"] for r in labeled_documents(64, seed=3)]
+    expected = Classifier(str(model_dirs["cls"])).probabilities(texts).argmax(-1)
+    with ThreadPoolExecutor(64) as pool:
+        responses = list(pool.map(lambda t: post(url, "/v1/classify", {"texts": [t]}), texts))
+    assert [r.status_code for r in responses] == [200] * 64
+    assert [r.json()["results"][0]["label"] for r in responses] == [
+        LABELS["cls"][i] for i in expected
+    ]
+
+
+BAD = [
+    ("/v1/classify", "{not json", 400, "body", "malformed JSON"),
+    ("/v1/classify", {"texts": "one text"}, 422, "texts", "valid list"),
+    ("/v1/classify", {"texts": [1, 2]}, 422, "texts.0", "valid string"),
+    ("/v1/classify", {"texts": []}, 422, "texts", "at least 1 item"),
+    ("/v1/classify", {"texts": ["a"] * 9}, 422, "texts", "at most 8 texts per request, got 9"),
+    ("/v1/classify", {"texts": ["a" * 201]}, 422, "texts.0", "201 characters; at most 200"),
+    ("/v1/classify", {"texts": ["  "]}, 422, "texts.0", "is empty"),
+    ("/v1/classify", {"texts": ["a"], "model": "nope"}, 404, "model", "unknown model 'nope'"),
+    ("/v1/classify", {"texts": ["a"], "model": "gpt"}, 400, "model", "'gpt' is a clm model"),
+    ("/v1/classify", {"texts": ["a"], "colour": 1}, 422, "colour", "Extra inputs"),
+    ("/v1/tag", {"texts": ["a"], "model": "cls"}, 400, "model", "answers /v1/classify"),
+    ("/v1/fill-mask", {"texts": ["no mask here"]}, 422, "texts.0", "has no mask token [MASK]"),
+    ("/v1/fill-mask", {"texts": ["[MASK]"], "top_k": 0}, 422, "top_k", "greater than or equal"),
+    ("/v1/generate", {"prompt": "a", "max_new_tokens": 65}, 422, "max_new_tokens", "at most 64"),
+    ("/v1/generate", {"prompt": "a", "temperature": -1}, 422, "temperature", "greater than"),
+    ("/v1/generate", {"prompt": ""}, 422, "prompt", "at least 1 character"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field", "message"), BAD, ids=[f"{b[0]}:{b[3]}" for b in BAD]
+)
+def test_bad_input_is_a_4xx_naming_the_field(url, path, body, status, field, message):
+    if isinstance(body, str):
+        r = requests.post(
+            url + path, data=body, headers={"content-type": "application/json"}, timeout=30
+        )
+    else:
+        r = post(url, path, body)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+    assert r.json()["error"].startswith(f"{field}: ") and message in r.json()["error"]
+
+
+def test_overload_gets_503_with_retry_after_then_recovers(url, model_dirs):
+    """A second application with one replica that takes one request and queues one:
+    a burst of slow generations must be partly refused, and served again after."""
+    from ray import serve
+
+    from raylm.serve import build_app
+
+    app = build_app(
+        {
+            "models": {"gpt": str(model_dirs["gpt"])},
+            "max_ongoing_requests": 1,
+            "max_queued_requests": 1,
+            "cpus_per_replica": 0.25,
+            "retry_after_s": 2,
+        }
+    )
+    serve.run(app, name="tight", route_prefix="/tight")
+    try:
+        body = {"prompt": "the", "max_new_tokens": 64, "temperature": 0}
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(lambda _: post(url, "/tight/v1/generate", body), range(12)))
+        codes = [r.status_code for r in responses]
+        assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers.get("Retry-After") == "2", (refused.text, refused.headers)
+        assert "queue is full" in refused.json()["error"]
+        assert post(url, "/tight/v1/generate", body).status_code == 200  # recovered
+    finally:
+        serve.delete("tight")
+
+
+def test_exported_config_deploys_the_same_application(url, model_dirs, tmp_path):
+    """serve.export writes a config Serve's own schema accepts; deploying it (what
+    `serve deploy` does) gives an application that answers like the one started here."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    path = tmp_path / "serve.yaml"
+    summary = raylm.run(
+        "serve",
+        serve_overrides(
+            model_dirs,
+            f"serve.export={path}",
+            "serve.app_name=exported",
+            "serve.route_prefix=/exported",
+            "serve.autoscaling.max_replicas=2",
+        ),
+    )
+    assert summary["export"] == str(path)
+    config = yaml.safe_load(path.read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "raylm.serve:build_app" and set(app["args"]["models"]) == set(
+        TASKS
+    )
+    deployment = next(d for d in app["deployments"] if d["name"] == "model-cls")
+    assert deployment["autoscaling_config"]["max_replicas"] == 2
+    assert deployment["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.0}
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    try:
+        deadline = time.time() + 120
+        while serve.status().applications["exported"].status != "RUNNING":
+            assert time.time() < deadline, serve.status().applications["exported"]
+            time.sleep(1)
+        body = {"texts": TEXTS}
+        exported = post(url, "/exported/v1/classify", body).json()["results"]
+        assert exported == post(url, "/v1/classify", body).json()["results"]
+    finally:
+        serve.delete("exported")
+
+
+def test_raylm_serve_command_prints_url_and_stops_on_ctrl_c(model_dirs, tmp_path):
+    """The CLI on its own embedded cluster: URL printed, requests answered, SIGINT ends it
+    with status 0."""
+    port = PORT + 1
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raylm",
+            "serve",
+            f"model_dir={model_dirs['cls']}",
+            f"serve.port={port}",
+            "serve.cpus_per_replica=0.5",
+            "ray.num_cpus=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+        start_new_session=True,
+    )
+    lines = []
+    try:
+        deadline = time.time() + 180
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving at "):
+                break
+            assert time.time() < deadline, "".join(lines)
+        assert f"serving at http://127.0.0.1:{port} " in lines[-1], "".join(lines)
+        assert any(f"cls: seq_cls model at http://127.0.0.1:{port}/v1/classify" in x for x in lines)
+        r = requests.post(f"http://127.0.0.1:{port}/v1/classify", json={"texts": TEXTS}, timeout=30)
+        assert r.status_code == 200 and r.json()["model"] == "cls"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, rest
+        assert "shutting down" in rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
