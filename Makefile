@@ -34,6 +34,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	cd bench && ../$(BIN)/python serve_latency.py
 
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info

@@ -2,8 +2,8 @@
 embedded local Ray cluster.
 
 Makes a corpus at run time (no third-party text), trains a tokenizer, pretrains a tiny
-GPT with 2 CPU workers under DeepSpeed ZeRO-2, fine-tunes it as a topic classifier, and
-shows where everything landed. Each step prints the CLI command that does the same.
+GPT with 2 CPU workers under DeepSpeed ZeRO-2, fine-tunes it as a topic classifier,
+serves that over HTTP with Ray Serve, and shows where everything landed. Each step prints the CLI command that does the same.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the served classifier")
     a = p.parse_args()
     out = Path(a.out).resolve()
     start = time.time()
@@ -137,6 +138,36 @@ def main() -> None:
     print(f"  confusion:  {cls['confusion_matrix']}")
     for text, pred in zip(sentences, classify(sentences), strict=True):
         print(f"  {pred['label']:>6} ({pred['score']:.2f})  {text}")
+    serve_and_ask(cls["model_dir"], sentences, a.port)
+
+
+def serve_and_ask(model_dir: str, sentences: list[str], port: int) -> None:
+    """``raylm serve`` the classifier on this cluster and send it real HTTP requests."""
+    import requests
+    from omegaconf import OmegaConf
+    from ray import serve
+
+    from . import compose
+    from .serve.job import app_args, start
+
+    overrides = [f"model_dir={model_dir}", f"serve.port={port}"]
+    print(f"\n== serve it over HTTP with Ray Serve\n$ raylm serve {' '.join(overrides)}")
+    c = OmegaConf.to_container(compose("serve", overrides), resolve=True)
+    url = start(c, app_args(c))
+    try:
+        print(f"serving at {url} (OpenAPI: {url}/docs)")
+        r = requests.post(f"{url}/v1/classify", json={"texts": sentences}, timeout=60)
+        print(f"POST /v1/classify -> {r.status_code}")
+        for text, res in zip(sentences, r.json()["results"], strict=True):
+            print(f"  {res['label']:>6} ({res['score']:.2f})  {text}")
+        bad = requests.post(f"{url}/v1/classify", json={"texts": []}, timeout=60)
+        print(f"POST /v1/classify {{'texts': []}} -> {bad.status_code} {bad.json()['error']}")
+        print(
+            f"try: curl -s {url}/v1/classify -H 'content-type: application/json' "
+            """-d '{"texts": ["the swift fox hunts near the river."]}'"""
+        )
+    finally:
+        serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ NOISY = (
     "ray.data",
     "ray.train",
     "ray.tune",
+    "ray.serve",
     "DeepSpeed",
     "deepspeed",
     "torch.distributed",

@@ -212,9 +212,11 @@ class ServeConfig:
     max_queued_requests: int = 64
     retry_after_s: int = 1
     # Dynamic batching (@serve.batch): requests per forward pass, and how long the first
-    # request of a batch waits for others.
+    # request of a batch waits for others. 0 waits for none: under load a batch is what
+    # queued during the previous forward, and a lone request pays no wait; on a GPU a few
+    # ms fill batches further.
     batch_size: int = 16
-    batch_wait_s: float = 0.005
+    batch_wait_s: float = 0.0
     # Request limits: a request past them is a 4xx naming the field.
     max_texts: int = 64
     max_chars: int = 2000

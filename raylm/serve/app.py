@@ -23,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "max_queued_requests": 64,
     "retry_after_s": 1,
     "batch_size": 16,
-    "batch_wait_s": 0.005,
+    "batch_wait_s": 0.0,
     "max_texts": 64,
     "max_chars": 2000,
     "max_new_tokens": 256,

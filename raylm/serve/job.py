@@ -109,8 +109,12 @@ def start(c: dict[str, Any], args: dict[str, Any]) -> str:
 
     s = c["serve"]
     init_ray(c)
-    serve.start(http_options={"host": s["host"], "port": s["port"]})
-    serve.run(build_app(args), name=s["app_name"], route_prefix=s["route_prefix"])
+    # Access logs and controller INFO lines only with ray.verbose=true.
+    logs = None if c["ray"]["verbose"] else {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(http_options={"host": s["host"], "port": s["port"]}, logging_config=logs)
+    serve.run(
+        build_app(args), name=s["app_name"], route_prefix=s["route_prefix"], logging_config=logs
+    )
     host = "127.0.0.1" if s["host"] in ("0.0.0.0", "::") else s["host"]
     return f"http://{host}:{s['port']}{s['route_prefix'].rstrip('/')}"
 

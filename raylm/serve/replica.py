@@ -41,15 +41,17 @@ class ModelServer:
         name: str,
         model_dir: str,
         batch_size: int = 16,
-        batch_wait_s: float = 0.005,
+        batch_wait_s: float = 0.0,
         threads: int = 1,
     ):
         import torch
+        import transformers
 
         from ..predict.generator import Generator
         from ..predict.predictor import PREDICTORS
 
         torch.set_num_threads(threads)
+        transformers.utils.logging.disable_progress_bar()  # replica logs are not a terminal
         self.name = name
         self.info_ = {"name": name, **model_info(model_dir)}
         use_gpu = torch.cuda.is_available()  # the replica was given a GPU
