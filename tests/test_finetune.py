@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,3 +320,26 @@ def test_user_head_by_import_path_under_zero3(ray_cluster, labeled, base_encoder
     assert meta["export_check"]["max_abs_logit_diff"] <= 1e-4
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert type(model.head).__name__ == "PooledDropoutLinear"
+
+
+def test_head_only_the_driver_can_import_is_one_config_error(
+    ray_cluster, labeled, base_encoder, tmp_path, monkeypatch
+):
+    """A head module on the driver's path but not the workers' fails on every worker;
+    the run ends with that one ConfigError naming model.head, not a worker traceback."""
+    local = tmp_path / "driver_only"
+    local.mkdir()
+    (local / "driver_only_heads.py").write_text(
+        (Path(__file__).parent / "custom_heads.py").read_text()
+    )
+    monkeypatch.syspath_prepend(str(local))
+    with pytest.raises(raylm.ConfigError) as err:
+        finetune(
+            tmp_path,
+            labeled,
+            f"model.init_from={base_encoder}",
+            "model.head=driver_only_heads:PooledDropoutLinear",
+            "trainer.max_failures=0",
+        )
+    assert err.value.key == "model.head"
+    assert "cannot import driver_only_heads:PooledDropoutLinear" in err.value.message

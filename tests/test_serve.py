@@ -326,3 +326,36 @@ def test_raylm_serve_command_prints_url_and_stops_on_ctrl_c(model_dirs, tmp_path
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+SERVE_BAD = [
+    ([], "model_dir", "give model_dir=DIR or serve.models=[name:DIR,...]"),
+    (["model_dir=/nonexistent/model"], "model_dir", "is not a save_pretrained directory"),
+    (["serve.models=[cls]"], "serve.models", "entries are name:DIR"),
+    (["serve.num_replicas=0"], "serve.num_replicas", "must be >= 1"),
+    (["serve.route_prefix=api"], "serve.route_prefix", "must start with /"),
+    (
+        ["serve.autoscaling.max_replicas=2", "serve.autoscaling.min_replicas=3"],
+        "serve.autoscaling.min_replicas",
+        "must be in [0, serve.autoscaling.max_replicas=2]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "message"), SERVE_BAD, ids=[b[1] for b in SERVE_BAD])
+def test_bad_serve_config_names_the_key(overrides, key, message, tmp_path):
+    with pytest.raises(raylm.ConfigError) as err:
+        raylm.run("serve", [f"serve.export={tmp_path / 'serve.yaml'}", *overrides])
+    assert err.value.key == key and message in err.value.message
+    assert not (tmp_path / "serve.yaml").exists()
+
+
+def test_duplicate_model_names_and_wrong_task_dirs(model_dirs, tmp_path):
+    twice = f"serve.models=[a:{model_dirs['cls']},a:{model_dirs['ner']}]"
+    with pytest.raises(raylm.ConfigError, match="model name 'a' is given twice"):
+        raylm.run("serve", [twice, f"serve.export={tmp_path / 's.yaml'}"])
+    with pytest.raises(raylm.ConfigError, match="is a clm model, neither a sequence nor a token"):
+        raylm.run(
+            "predict",
+            [f"model_dir={model_dirs['gpt']}", f"input={tmp_path}/x.jsonl", "output=o.jsonl"],
+        )

@@ -69,6 +69,18 @@ def hold_out(ds, fraction: float, seed: int):
     return parts["train"], parts["test"]
 
 
+def pad_rows(rows: list[list[int]], seq_len: int, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Token id lists -> ``[n, seq_len]`` ids padded with the pad token (EOS for GPT-2,
+    which has none) and the matching attention mask."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = np.full((len(rows), seq_len), pad, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 def encode_classification(
     batch: dict[str, Any],
     tokenizer_path: str,
@@ -79,13 +91,8 @@ def encode_classification(
 ) -> dict:
     """Texts -> fixed-length ``input_ids`` / ``attention_mask`` and label ids."""
     tok = load_tokenizer(tokenizer_path)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     enc = tok(list(batch[column]), truncation=True, max_length=seq_len)
-    ids = np.full((len(enc["input_ids"]), seq_len), pad, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, row in enumerate(enc["input_ids"]):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
+    ids, mask = pad_rows(enc["input_ids"], seq_len, tok)
     index = {name: i for i, name in enumerate(labels)}
     return {
         "input_ids": ids,

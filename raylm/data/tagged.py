@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..config.errors import ConfigError
+from .labeled import pad_rows
 from .tokenizer import load_tokenizer
 
 IGNORE = -100  # the label value torch's cross-entropy skips
@@ -84,16 +85,12 @@ def encode_tagging(
     """Word lists -> fixed-length ``input_ids`` / ``attention_mask`` / subword labels.
     Words past ``seq_len`` subwords are cut, as a model with that window would see them."""
     tok = load_tokenizer(tokenizer_path)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     words = [[str(w) for w in row] for row in batch[column]]
     enc = tok(words, is_split_into_words=True, truncation=True, max_length=seq_len)
     index = {name: i for i, name in enumerate(labels)}
-    ids = np.full((len(words), seq_len), pad, dtype=np.int64)
-    mask = np.zeros_like(ids)
+    ids, mask = pad_rows(enc["input_ids"], seq_len, tok)
     tags = np.full_like(ids, IGNORE)
     for i, row in enumerate(enc["input_ids"]):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
         word_tags = [index[str(t)] for t in batch[label_column][i]]
         tags[i, : len(row)] = align(enc.word_ids(i), word_tags)
     return {"input_ids": ids, "attention_mask": mask, "labels": tags}

@@ -36,7 +36,7 @@ def resolve_models(c: dict[str, Any]) -> dict[str, str]:
             raise ConfigError("serve.models", f"entries are name:DIR (or 'name=DIR'), got {item!r}")
         entries.append((name, path))
     if not entries:
-        raise ConfigError("model_dir", "give model_dir=DIR or serve.models=[name=DIR,...]")
+        raise ConfigError("model_dir", "give model_dir=DIR or serve.models=[name:DIR,...]")
     for name, path in entries:
         key = "model_dir" if name is None else "serve.models"
         name = name or _default_name(path)
@@ -134,9 +134,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet_libraries(c["ray"]["verbose"])
     url = start(c, args)
     for name, model_dir in args["models"].items():
-        print(
-            f"{name}: {model_info(model_dir)['task']} model at {url}{model_info(model_dir)['endpoint']}"
-        )
+        info = model_info(model_dir)
+        print(f"{name}: {info['task']} model at {url}{info['endpoint']}")
     print(f"serving at {url} (API docs: {url}/docs); Ctrl-C stops")
     from ray import serve
 

@@ -213,6 +213,15 @@ def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def worker_config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError a training worker raised, if that is why ``fit()`` failed."""
+    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+        for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
+            if isinstance(candidate, ConfigError):
+                return ConfigError(candidate.key, candidate.message)
+    return None
+
+
 def steps_for(c: dict[str, Any], train_rows: int) -> int:
     tr = c["trainer"]
     if tr["epochs"] is None:
@@ -261,7 +270,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datasets=split_for_workers(datasets, sc["num_workers"]),
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        # A user mistake only a worker could see (say, model.head importable here but not
+        # on the cluster) ends as its one-line ConfigError, not a worker traceback.
+        mistake = worker_config_error(exc)
+        if mistake is None:
+            raise
+        raise mistake from None
     out = Path(c["output_dir"])
     curve = plot_loss_curve(out)
     artifact = json.loads((out / "model" / ARTIFACT_FILE).read_text())
