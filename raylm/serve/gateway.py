@@ -4,6 +4,10 @@ deployment through a handle.
 Every user mistake is a 4xx whose ``error`` names the field (never a 500); a model
 deployment whose queue is full answers 503 with ``Retry-After``, and the next request
 after the queue drains is served as usual.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the route parameters'
+annotations at import, and as strings under ``serve.ingress`` it takes the request
+body for a query parameter.)
 """
 
 import asyncio
