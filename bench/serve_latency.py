@@ -9,6 +9,8 @@ each concurrency; each request classifies one text. Writes JSON and a PNG:
 
     python bench/serve_latency.py                       # the demo-sized classifier
     python bench/serve_latency.py --model-dir outputs/demo/finetune/model
+    python bench/serve_latency.py --preset gpt2-small --docs-per-text 4 \
+        --out bench/results/serve_latency_gpt2-small.json   # where the forward dominates
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from raylm.data.synthetic import documents, labeled_documents
 RESULTS = Path(__file__).parent / "results"
 
 
-def demo_classifier(root: Path) -> Path:
-    """gpt2-tiny with a 4-label head and a 1000-token BPE tokenizer, the size ``make demo``
-    fine-tunes; the weights are random, which changes no timing."""
+def demo_classifier(root: Path, preset: str = "gpt2-tiny") -> Path:
+    """A 4-label classifier on a 1000-token BPE tokenizer; gpt2-tiny is the size
+    ``make demo`` fine-tunes. The weights are random, which changes no timing."""
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
@@ -41,7 +43,7 @@ def demo_classifier(root: Path) -> Path:
 
     save_atomically(train_tokenizer(documents(2000), "bpe", 1000), root / "tok")
     tok = AutoTokenizer.from_pretrained(root / "tok")
-    cfg = OmegaConf.to_container(raylm.compose("finetune", ["model=gpt2-tiny"]).model)
+    cfg = OmegaConf.to_container(raylm.compose("finetune", [f"model={preset}"]).model)
     torch.manual_seed(0)
     model = build_model("seq_cls", cfg, len(tok), tok, ["city", "farm", "forest", "sea"])
     tok.pad_token = tok.eos_token
@@ -216,6 +218,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path)
+    p.add_argument("--preset", default="gpt2-tiny", help="model preset when no --model-dir")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batch-size", type=int, default=32)
@@ -233,12 +236,13 @@ def main() -> None:
     from raylm.serve import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="raylm-bench-serve-"))
-    model_dir = a.model_dir or demo_classifier(tmp)
+    model_dir = a.model_dir or demo_classifier(tmp, a.preset)
     docs = [r["text"] for r in labeled_documents(500 * a.docs_per_text, seed=5)]
     texts = [" ".join(docs[i : i + a.docs_per_text]) for i in range(0, len(docs), a.docs_per_text)]
     results = {
         "machine": machine(),
         "model_dir": str(model_dir),
+        "model": str(a.model_dir) if a.model_dir else a.preset,
         "seconds_per_point": a.seconds,
         "mean_words_per_text": sum(len(t.split()) for t in texts) / len(texts),
         "direct": direct(model_dir, texts, a.seconds),
