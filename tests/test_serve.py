@@ -359,3 +359,31 @@ def test_duplicate_model_names_and_wrong_task_dirs(model_dirs, tmp_path):
             "predict",
             [f"model_dir={model_dirs['gpt']}", f"input={tmp_path}/x.jsonl", "output=o.jsonl"],
         )
+
+
+def test_taken_port_is_one_line_before_any_cluster_starts(model_dirs):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "raylm",
+                "serve",
+                f"model_dir={model_dirs['cls']}",
+                f"serve.port={port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "RAY_ADDRESS": ""},
+        )
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"raylm serve: error: serve.port: 127.0.0.1:{port} is not free "
+        "(Address already in use); pick another serve.port"
+    )

@@ -100,14 +100,31 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+def check_port_free(host: str, port: int) -> None:
+    """On the embedded cluster the HTTP proxy binds here; a taken port would otherwise
+    surface as proxy tracebacks and a hang, not as one line."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                "serve.port", f"{host}:{port} is not free ({exc.strerror}); pick another serve.port"
+            ) from None
+
+
 def start(c: dict[str, Any], args: dict[str, Any]) -> str:
     """Deploy on the connected (or a new embedded) cluster; returns the base URL."""
+    import ray
     from ray import serve
 
     from ..train.job import init_ray
     from .app import build_app
 
     s = c["serve"]
+    if not c["ray"]["address"] and not ray.is_initialized():
+        check_port_free(s["host"], s["port"])
     init_ray(c)
     # Access logs and controller INFO lines only with ray.verbose=true.
     logs = None if c["ray"]["verbose"] else {"log_level": "WARNING", "enable_access_log": False}
