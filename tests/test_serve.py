@@ -177,6 +177,13 @@ def test_64_concurrent_requests_all_answered_correctly(url, model_dirs):
     assert [r.json()["results"][0]["label"] for r in responses] == [
         LABELS["cls"][i] for i in expected
     ]
+    # @serve.batch at work: the burst shared forward passes.
+    served = next(
+        m["served"]
+        for m in requests.get(url + "/v1/models", timeout=10).json()["models"]
+        if m["name"] == "cls"
+    )
+    assert served["requests"] >= 64 and served["forward_passes"] < served["requests"]
 
 
 BAD = [

@@ -215,13 +215,10 @@ class Gateway:
 
     @api.get("/v1/models")
     async def models(self):
-        infos = await self._infos()
-        return {
-            "models": [
-                {k: v for k, v in info.items() if k not in ("model_dir",)}
-                for info in infos.values()
-            ]
-        }
+        """Each model's description and what one of its replicas has served so far."""
+        await self._infos()
+        fresh = [await self._call(h.info) for h in self.handles.values()]
+        return {"models": [{k: v for k, v in i.items() if k != "model_dir"} for i in fresh]}
 
     @api.get("/healthz")
     async def healthz(self):

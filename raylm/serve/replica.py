@@ -63,17 +63,26 @@ class ModelServer:
         self.mask_token = getattr(self.engine.tokenizer, "mask_token", None)
         self.info_["mask_token"] = self.mask_token
         self.info_["device"] = self.engine.device
+        self.served = {"requests": 0, "texts": 0, "forward_passes": 0}
         for method in (self.classify, self.tag, self.fill_mask):
             method.set_max_batch_size(batch_size)
             method.set_batch_wait_timeout_s(batch_wait_s)
 
     async def info(self) -> dict[str, Any]:
-        return self.info_
+        return {**self.info_, "served": dict(self.served)}
+
+    def _count(self, requests: int, texts: int) -> None:
+        """Per replica: requests answered, texts, and forward passes they took (one per
+        batch), so batching is visible in /v1/models."""
+        self.served["requests"] += requests
+        self.served["texts"] += texts
+        self.served["forward_passes"] += 1
 
     @serve.batch
     async def classify(self, requests: list[list[str]]) -> list[list[dict]]:
         flat = [t for texts in requests for t in texts]
         probs = await asyncio.to_thread(self.engine.probabilities, flat)
+        self._count(len(requests), len(flat))
         labels = self.engine.labels
         rows = [
             {
@@ -92,6 +101,7 @@ class ModelServer:
         texts = [t for r in requests for t in r]
         words = [words_with_offsets(t) for t in texts]
         tagged = await asyncio.to_thread(self.engine.tag, [[w for w, _, _ in ws] for ws in words])
+        self._count(len(requests), len(texts))
         rows = []
         for text, ws, (tags, scores) in zip(texts, words, tagged, strict=True):
             tokens = [
@@ -116,6 +126,7 @@ class ModelServer:
         texts = [t for r, _ in requests for t in r]
         top_k = max(k for _, k in requests)
         filled = await asyncio.to_thread(self.engine.fill, texts, top_k)
+        self._count(len(requests), len(texts))
         per_request = _split(filled, [len(r) for r, _ in requests])
         return [
             [[cands[:k] for cands in text] for text in rows]
