@@ -14,6 +14,7 @@ import, and name it ``model.head=package.module:ClassName``; or decorate it with
 
 from __future__ import annotations
 
+import abc
 import importlib
 
 import torch
@@ -30,7 +31,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from ..config.errors import ConfigError
 
 
-class ClassificationHead(nn.Module):
+class ClassificationHead(nn.Module, abc.ABC):
     """Encoder outputs -> logits ``[batch, num_labels]``.
 
     ``hidden_states`` is the last layer ``[batch, seq, hidden]``; ``attention_mask``
@@ -41,13 +42,13 @@ class ClassificationHead(nn.Module):
     def __init__(self, hidden_size: int, num_labels: int, dropout: float):
         super().__init__()
 
+    @abc.abstractmethod
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         pooled_output: torch.Tensor | None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
+    ) -> torch.Tensor: ...
 
 
 HEADS: dict[str, type[ClassificationHead]] = {}
