@@ -24,7 +24,8 @@ from .predictor import PREDICTORS
 FORMATS = (".jsonl", ".csv", ".parquet")
 
 
-def validate_predict(c: dict[str, Any]) -> None:
+def validate_predict(c: dict[str, Any]) -> dict[str, Any]:
+    """Check the config; returns the model's description (:func:`model_info`)."""
     info = model_info(c["model_dir"])
     if info["task"] not in ("seq_cls", "token_cls"):
         raise ConfigError(
@@ -45,6 +46,7 @@ def validate_predict(c: dict[str, Any]) -> None:
     for key in ("batch_size", "num_actors", "cpus_per_actor"):
         if c[key] <= 0:
             raise ConfigError(key, f"must be > 0, got {c[key]}")
+    return info
 
 
 def read_rows(path: Path, text_column: str):
@@ -106,9 +108,9 @@ def run(cfg: DictConfig) -> Path:
     import ray.data
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    validate_predict(c)
+    info = validate_predict(c)
     model_dir = Path(c["model_dir"]).expanduser().resolve()
-    predictor = PREDICTORS[model_info(model_dir)["task"]]
+    predictor = PREDICTORS[info["task"]]
     quiet_libraries(c["ray"]["verbose"])
     src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser().resolve()
     rows = read_rows(src, c["text_column"])

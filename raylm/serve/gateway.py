@@ -216,7 +216,6 @@ class Gateway:
     @api.get("/v1/models")
     async def models(self):
         """Each model's description and what one of its replicas has served so far."""
-        await self._infos()
         fresh = [await self._call(h.info) for h in self.handles.values()]
         return {"models": [{k: v for k, v in i.items() if k != "model_dir"} for i in fresh]}
 

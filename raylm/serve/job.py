@@ -24,9 +24,9 @@ def _default_name(model_dir: str) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
-def resolve_models(c: dict[str, Any]) -> dict[str, str]:
-    """``model_dir`` and ``serve.models=[name:DIR, ...]`` -> {name: absolute dir}."""
-    models: dict[str, str] = {}
+def resolve_models(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``model_dir`` and ``serve.models=[name:DIR, ...]`` -> {name: model_info}."""
+    models: dict[str, dict[str, Any]] = {}
     entries = [(None, c["model_dir"])] if c["model_dir"] else []
     for item in c["serve"]["models"]:
         # name=DIR as the issue spells it (Hydra wants it quoted: 'cls=runs/cls/model'),
@@ -44,7 +44,7 @@ def resolve_models(c: dict[str, Any]) -> dict[str, str]:
             raise ConfigError(key, f"model name {name!r}: use letters, digits, _ . -")
         if name in models:
             raise ConfigError(key, f"model name {name!r} is given twice")
-        models[name] = model_info(path, key)["model_dir"]
+        models[name] = model_info(path, key)
     return models
 
 
@@ -75,12 +75,14 @@ def validate_serve(c: dict[str, Any]) -> None:
         raise ConfigError("serve.port", f"must be a TCP port, got {s['port']}")
 
 
-def app_args(c: dict[str, Any]) -> dict[str, Any]:
+def app_args(c: dict[str, Any], infos: dict[str, dict] | None = None) -> dict[str, Any]:
+    """``build_app``'s args from the config (and the models' descriptions, if read)."""
     from .app import DEFAULTS
 
     s = c["serve"]
     args = {k: s[k] for k in DEFAULTS if k != "models"}
-    args["models"] = resolve_models(c)
+    infos = infos if infos is not None else resolve_models(c)
+    args["models"] = {name: info["model_dir"] for name, info in infos.items()}
     return args
 
 
@@ -139,7 +141,8 @@ def start(c: dict[str, Any], args: dict[str, Any]) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     c = OmegaConf.to_container(cfg, resolve=True)
     validate_serve(c)
-    args = app_args(c)
+    infos = resolve_models(c)
+    args = app_args(c, infos)
     s = c["serve"]
     if s["export"]:
         from .app import serve_config
@@ -150,8 +153,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {"export": str(path), "models": args["models"]}
     quiet_libraries(c["ray"]["verbose"])
     url = start(c, args)
-    for name, model_dir in args["models"].items():
-        info = model_info(model_dir)
+    for name, info in infos.items():
         print(f"{name}: {info['task']} model at {url}{info['endpoint']}")
     print(f"serving at {url} (API docs: {url}/docs); Ctrl-C stops")
     from ray import serve
