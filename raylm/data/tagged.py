@@ -21,13 +21,17 @@ IGNORE = -100  # the label value torch's cross-entropy skips
 OUTSIDE = "O"
 
 
-def check_bio(labels: list[str], key: str = "data.label_column") -> list[str]:
-    """The entity types of a BIO tag set; any tag other than O, B-TYPE, I-TYPE is an error."""
+def check_bio(labels: list[str], key: str = "data.label_column") -> None:
+    """Any tag other than O, B-TYPE, I-TYPE is an error naming it."""
     bad = [t for t in labels if t != OUTSIDE and not (t[:2] in ("B-", "I-") and len(t) > 2)]
     if bad:
         raise ConfigError(
             key, f"token_cls tags must be BIO (O, B-TYPE, I-TYPE); got {', '.join(bad[:10])}"
         )
+
+
+def entity_types(labels: list[str]) -> list[str]:
+    """The entity types of a BIO tag set, sorted: B-LOC, I-LOC, B-PER, O -> LOC, PER."""
     return sorted({t[2:] for t in labels if t != OUTSIDE})
 
 

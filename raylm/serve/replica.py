@@ -60,8 +60,7 @@ class ModelServer:
             self.engine = Generator(model_dir, use_gpu=use_gpu)
         else:
             self.engine = PREDICTORS[task](model_dir, use_gpu=use_gpu)
-        self.mask_token = getattr(self.engine.tokenizer, "mask_token", None)
-        self.info_["mask_token"] = self.mask_token
+        self.info_["mask_token"] = getattr(self.engine.tokenizer, "mask_token", None)
         self.info_["device"] = self.engine.device
         self.served = {"requests": 0, "texts": 0, "forward_passes": 0}
         for method in (self.classify, self.tag, self.fill_mask):

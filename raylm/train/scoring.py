@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..data.tagged import IGNORE, spans
+from ..data.tagged import IGNORE, entity_types, spans
 
 
 def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class SpanScorer:
 
     def __init__(self, labels: list[str], device):
         self.labels = labels
-        self.types = sorted({name[2:] for name in labels if name != "O"})
+        self.types = entity_types(labels)
         self.index = {t: i for i, t in enumerate(self.types)}
         self.counts = torch.zeros(len(self.types) + 1, 3, dtype=torch.float64)  # last row: words
         self.device = device
