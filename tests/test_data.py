@@ -15,7 +15,7 @@ import raylm
 from raylm.data.files import load_text_dataset
 from raylm.data.pipeline import pack_causal, pack_masked, pair_sentences
 from raylm.data.synthetic import documents
-from raylm.train.batches import Batcher
+from raylm.tasks import get_task
 
 
 def test_tokenizers_round_trip_through_auto_tokenizer(tokenizers):
@@ -109,7 +109,7 @@ def test_mlm_masking_is_15_percent_80_10_10_and_repeatable(tokenizers):
         {"text": np.array(documents(400, seed=7))}, str(tokenizers["wordpiece"]), "text", 64
     )["input_ids"]
     batch = {"input_ids": torch.from_numpy(blocks)}
-    batcher = Batcher("mlm", tok, 0.15, seed=0, rank=0)
+    batcher = get_task("mlm").batcher(tok, {"mlm_probability": 0.15, "seed": 0}, rank=0)
     out = batcher(batch, index=0, device="cpu")
     ids, inputs, labels = batch["input_ids"], out["input_ids"], out["labels"]
     chosen = labels != -100

@@ -94,7 +94,9 @@ class TrainerConfig:
     grad_accum: int = 1
     seq_len: int = 128
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
+    # The lr a decaying schedule ends at, as a fraction of trainer.lr; None: the
+    # schedule's own default (cosine 0.1, linear 0.0). constant never decays.
+    min_lr_ratio: float | None = None
     warmup_steps: int = 100
     schedule: str = "cosine"
     weight_decay: float = 0.01
@@ -244,9 +246,9 @@ SCHEMAS: dict[str, type] = {
 
 def default_metric(task: str) -> str | None:
     """``${raylm.default_metric:${task}}``: the metric fine-tuning keeps the best model by."""
-    from .validate import DEFAULT_METRIC
+    from ..tasks import TASKS
 
-    return DEFAULT_METRIC.get(task)
+    return TASKS[task].default_metric if task in TASKS else None
 
 
 def register_configs() -> None:

@@ -14,23 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-TASKS = ("clm", "mlm", "mlm_nsp", "seq_cls", "token_cls")
-CLASSIFICATION_TASKS = ("seq_cls", "token_cls")
-# Eval metrics each task reports, usable as trainer.metric.
-TASK_METRICS = {
-    "clm": ("eval_loss", "eval_perplexity"),
-    "mlm": ("eval_loss", "eval_perplexity"),
-    "mlm_nsp": ("eval_loss", "eval_nsp_accuracy"),
-    "seq_cls": ("eval_loss", "eval_accuracy", "eval_macro_f1"),
-    # entity-level (span) micro precision / recall / F1, and per-word tag accuracy
-    "token_cls": ("eval_loss", "eval_f1", "eval_precision", "eval_recall", "eval_accuracy"),
-}
-# The metric a fine-tuning run keeps the best model by, unless trainer.metric says otherwise.
-DEFAULT_METRIC = {"seq_cls": "eval_accuracy", "token_cls": "eval_f1"}
-FAMILY_TASKS = {
-    "gpt2": ("clm", "seq_cls", "token_cls"),
-    "bert": ("mlm", "mlm_nsp", "seq_cls", "token_cls"),
-}
+FAMILIES = ("gpt2", "bert")
 TOKENIZER_TYPES = ("bpe", "wordpiece")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -89,13 +73,14 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
     ``init_config`` is the transformers config of ``model.init_from``, which the caller
     reads; the tokenizer-dependent check is :func:`check_vocab`, run once it is loaded.
     """
+    from ..tasks import TASKS, get_task
+
     task = cfg["task"]
-    if task not in TASKS:
-        raise ConfigError("task", f"must be one of {TASKS}, got {task!r}")
+    spec = get_task(task)
     model = cfg["model"]
     family = model["family"]
-    if family not in FAMILY_TASKS:
-        raise ConfigError("model.family", f"must be one of {tuple(FAMILY_TASKS)}, got {family!r}")
+    if family not in FAMILIES:
+        raise ConfigError("model.family", f"must be one of {FAMILIES}, got {family!r}")
     if init_config is not None:
         from ..models.build import supports_task
 
@@ -105,11 +90,11 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
                 f"{task!r} does not fit model.init_from={model['init_from']} "
                 f"({init_config.model_type}); allowed: {', '.join(t for t in TASKS if supports_task(init_config, t))}",
             )
-    elif task not in FAMILY_TASKS[family]:
+    elif family not in spec.families:
         raise ConfigError(
             "task",
             f"{task!r} does not fit model {model['name']!r} ({family}); "
-            f"allowed: {', '.join(FAMILY_TASKS[family])}",
+            f"allowed: {', '.join(t for t, s in TASKS.items() if family in s.families)}",
         )
     if model["head"]:
         _check_head(model["head"], task, init_config)
@@ -143,10 +128,18 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
         raise ConfigError("trainer.epochs", f"must be > 0, got {tr['epochs']}")
     if tr["warmup_steps"] < 0:
         raise ConfigError("trainer.warmup_steps", f"must be >= 0, got {tr['warmup_steps']}")
-    if not 0 <= tr["min_lr_ratio"] <= 1:
-        raise ConfigError("trainer.min_lr_ratio", f"must be in [0, 1], got {tr['min_lr_ratio']}")
     if tr["schedule"] not in SCHEDULES:
         raise ConfigError("trainer.schedule", f"must be one of {SCHEDULES}, got {tr['schedule']!r}")
+    if tr["min_lr_ratio"] is not None:
+        if tr["schedule"] == "constant":
+            raise ConfigError(
+                "trainer.min_lr_ratio",
+                "trainer.schedule=constant never decays; drop min_lr_ratio or use cosine or linear",
+            )
+        if not 0 <= tr["min_lr_ratio"] <= 1:
+            raise ConfigError(
+                "trainer.min_lr_ratio", f"must be in [0, 1], got {tr['min_lr_ratio']}"
+            )
     if tr["precision"] not in PRECISIONS:
         raise ConfigError(
             "trainer.precision", f"must be one of {PRECISIONS}, got {tr['precision']!r}"
@@ -164,17 +157,16 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
             "trainer.early_stopping_patience", f"must be >= 0, got {tr['early_stopping_patience']}"
         )
     if tr["metric"] is not None:
-        allowed = TASK_METRICS[task]
+        allowed = spec.metrics
         if tr["metric"] not in allowed:
             raise ConfigError(
                 "trainer.metric", f"task={task} reports {', '.join(allowed)}; got {tr['metric']!r}"
             )
-        if task not in CLASSIFICATION_TASKS and not cfg["data"]["eval_files"]:
+        if not spec.labeled and not cfg["data"]["eval_files"]:
             raise ConfigError("trainer.metric", "needs data.eval_files to compute it")
     elif tr["early_stopping_patience"]:
         raise ConfigError("trainer.early_stopping_patience", "needs trainer.metric to watch")
-    if task == "mlm_nsp" and tr["seq_len"] < 16:
-        raise ConfigError("trainer.seq_len", f"must be >= 16 for mlm_nsp, got {tr['seq_len']}")
+    spec.check_config(cfg)
 
     if init_config is not None:
         from ..models.build import positions_and_vocab
@@ -225,7 +217,7 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
     check_data_files(cfg["data"]["eval_files"], "data.eval_files", required=False)
     if not str(cfg["data"]["text_column"]).strip():
         raise ConfigError("data.text_column", "must name a column")
-    if task in CLASSIFICATION_TASKS:
+    if spec.labeled:
         if not str(cfg["data"]["label_column"]).strip():
             raise ConfigError("data.label_column", "must name a column")
         if not cfg["data"]["eval_files"] and not 0 < cfg["data"]["eval_fraction"] < 1:
@@ -244,9 +236,11 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
 
 def _check_head(head: str, task: str, init_config: Any) -> None:
     from ..models.heads import resolve_head
+    from ..tasks import TASKS
 
-    if task != "seq_cls":
-        raise ConfigError("model.head", f"custom heads are for task=seq_cls, got task={task}")
+    if not TASKS[task].custom_heads:
+        able = ", ".join(n for n, t in TASKS.items() if t.custom_heads)
+        raise ConfigError("model.head", f"custom heads are for task={able}, got task={task}")
     resolve_head(head)  # raises naming model.head if unknown or not importable
     saved = getattr(init_config, "head", None)
     if saved is not None and saved != head:

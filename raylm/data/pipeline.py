@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .labeled import encode_classification
-from .tagged import encode_tagging
 from .tokenizer import load_tokenizer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -124,35 +122,25 @@ def to_ray_dataset(hf_dataset, rows_per_block: int):
     )
 
 
-def build_dataset(
-    hf_dataset,
-    task: str,
-    tokenizer_path: str,
-    column: str,
-    seq_len: int,
-    batch_size: int,
-    seed: int,
-    label_column: str | None = None,
-    labels: list[str] | None = None,
-):
-    """Documents (a ``datasets.Dataset``) -> a materialized Ray Dataset of training rows."""
+def build_dataset(hf_dataset, c: dict[str, Any], split: str = "train"):
+    """Documents (a ``datasets.Dataset``) -> a materialized Ray Dataset of training rows,
+    encoded by the task's encoder (:meth:`raylm.tasks.Task.encoder`)."""
     import ray.data
 
+    from ..tasks import get_task
+
+    task = get_task(c["task"])
+    data, tr = c["data"], c["trainer"]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    batch_size = data["preprocess_batch_size"]
     ds = to_ray_dataset(hf_dataset, rows_per_block=max(batch_size, 1) * 4)
-    kwargs = {"tokenizer_path": tokenizer_path, "column": column, "seq_len": seq_len}
-    if task == "clm":
-        fn = pack_causal
-    elif task == "mlm":
-        fn = pack_masked
-    elif task == "mlm_nsp":
-        fn, kwargs = pair_sentences, {**kwargs, "seed": seed}
-    elif task in ("seq_cls", "token_cls"):
-        fn = encode_classification if task == "seq_cls" else encode_tagging
-        kwargs = {**kwargs, "label_column": label_column, "labels": labels}
-    else:
-        raise ValueError(f"unknown task {task!r}")
+    kwargs = {
+        "tokenizer_path": c["tokenizer_path"],
+        "column": data["text_column"],
+        "seq_len": tr["seq_len"],
+        **task.encoder_kwargs(c),
+    }
     return ds.map_batches(
-        fn, fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy"
+        task.encoder(), fn_kwargs=kwargs, batch_size=batch_size, batch_format="numpy"
     ).materialize()

@@ -1,70 +1,120 @@
-"""What an exported model directory is: its task (from raylm.json, else its architecture),
-labels, metrics, and the serving endpoint for it. Read on the driver to validate a
-``model_dir`` before anything starts, and by the stages that load it."""
+"""``raylm.json``: what an exported model directory is, written and read in one place.
+
+Every stage that writes a model (training's export, each compression step) writes an
+:class:`Artifact`; every stage that reads one (predict, serve, compress, the report)
+reads it through :func:`model_info`, which also describes directories raylm did not
+write, from their architecture.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from ..config.errors import ConfigError
 
-# task -> the endpoint that serves it
-ENDPOINTS = {
-    "seq_cls": "/v1/classify",
-    "token_cls": "/v1/tag",
-    "mlm": "/v1/fill-mask",
-    "mlm_nsp": "/v1/fill-mask",
-    "clm": "/v1/generate",
-}
-# architecture name suffix -> task, for directories raylm did not write
-ARCHITECTURE_TASKS = {
-    "ForSequenceClassification": "seq_cls",
-    "ForTokenClassification": "token_cls",
-    "ForMaskedLM": "mlm",
-    "ForPreTraining": "mlm_nsp",
-    "ForCausalLM": "clm",
-    "LMHeadModel": "clm",
-}
+ARTIFACT_FILE = "raylm.json"
+# runtime -> the file that holds its weights (checked before anything loads them)
+RUNTIME_WEIGHTS = {"torch": ("*.safetensors", "*.bin"), "onnxruntime": ("model.onnx",)}
+
+
+@dataclasses.dataclass
+class Artifact:
+    task: str
+    # What it was trained from: a preset name or the init_from directory.
+    model: str | None = None
+    step: int | None = None
+    tokens_seen: int | None = None
+    # The exported model's metrics (the best eval under trainer.metric, else the last).
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: list[str] | None = None
+    best: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
+    config_hash: str | None = None
+    # How the export was verified: max logit difference to the trained model, Auto class.
+    export_check: dict[str, Any] | None = None
+    # Which runtime loads the weights: "torch" (transformers Auto classes) or
+    # "onnxruntime" (model.onnx, from raylm compress's quantize step).
+    runtime: str = "torch"
+    # raylm compress: {"chain": [one entry per step: method, settings, source, ...],
+    # "load": how to load this directory}; None for a model no step has touched.
+    compression: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, model_dir: str | Path) -> Artifact | None:
+        path = Path(model_dir) / ARTIFACT_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / ARTIFACT_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, default=str))
+        return path
+
+    def replace(self, **changes: Any) -> Artifact:
+        return dataclasses.replace(self, **changes)
+
+
+def _task_from_architecture(config: dict[str, Any]) -> str | None:
+    from ..tasks import TASKS
+
+    for arch in config.get("architectures") or []:
+        for name, task in TASKS.items():
+            if any(arch.endswith(suffix) for suffix in task.architectures):
+                return name
+    return None
 
 
 def model_info(model_dir: str | Path, key: str = "model_dir") -> dict[str, Any]:
+    """Check that ``model_dir`` is a model raylm can load, and describe it: task,
+    endpoint, labels, eval metrics, runtime, compression. ``key`` names the config key
+    in the error if it is not."""
+    from ..tasks import TASKS
+
     model_dir = Path(model_dir).expanduser()
     if not (model_dir / "config.json").exists():
         raise ConfigError(key, f"{model_dir} is not a save_pretrained directory (no config.json)")
-    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
-        raise ConfigError(key, f"{model_dir} holds no weights (*.safetensors or *.bin)")
-    config = json.loads((model_dir / "config.json").read_text())
-    artifact_file = model_dir / "raylm.json"
-    artifact = json.loads(artifact_file.read_text()) if artifact_file.exists() else {}
-    task = artifact.get("task")
-    if task is None:
-        archs = config.get("architectures") or []
-        task = next(
-            (t for a in archs for suffix, t in ARCHITECTURE_TASKS.items() if a.endswith(suffix)),
-            None,
+    artifact = Artifact.read(model_dir)
+    runtime = artifact.runtime if artifact else "torch"
+    if runtime not in RUNTIME_WEIGHTS:
+        raise ConfigError(
+            key, f"{model_dir}: unknown runtime {runtime!r}; known: {', '.join(RUNTIME_WEIGHTS)}"
         )
-    if task not in ENDPOINTS:
+    if not any(any(model_dir.glob(p)) for p in RUNTIME_WEIGHTS[runtime]):
+        raise ConfigError(
+            key,
+            f"{model_dir} holds no weights ({' or '.join(RUNTIME_WEIGHTS[runtime])})",
+        )
+    config = json.loads((model_dir / "config.json").read_text())
+    task = artifact.task if artifact else _task_from_architecture(config)
+    if task not in TASKS or TASKS[task].endpoint is None:
+        servable = [n for n, t in TASKS.items() if t.endpoint]
         raise ConfigError(
             key,
             f"{model_dir}: cannot serve task {task!r} (architectures "
-            f"{config.get('architectures')}); servable: {', '.join(ENDPOINTS)}",
+            f"{config.get('architectures')}); servable: {', '.join(servable)}",
         )
-    labels = artifact.get("labels")
-    if labels is None and task in ("seq_cls", "token_cls"):
+    labels = artifact.labels if artifact else None
+    if labels is None and TASKS[task].labeled:
         id2label = config.get("id2label") or {}
         labels = [id2label[k] for k in sorted(id2label, key=int)]
+    metrics = artifact.metrics if artifact else {}
     return {
         "task": task,
-        "endpoint": ENDPOINTS[task],
+        "endpoint": TASKS[task].endpoint,
         "labels": labels,
         "metrics": {
             k: v
-            for k, v in (artifact.get("metrics") or {}).items()
+            for k, v in (metrics or {}).items()
             if isinstance(v, (int, float)) and k.startswith("eval_")
         },
-        "compression": artifact.get("compression"),
+        "runtime": runtime,
+        "compression": artifact.compression if artifact else None,
         "architecture": (config.get("architectures") or [None])[0],
         "model_dir": str(model_dir.resolve()),
     }

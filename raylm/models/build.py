@@ -8,20 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# task -> the transformers Auto class that loads the exported model
-AUTO_CLASS = {
-    "clm": "AutoModelForCausalLM",
-    "mlm": "AutoModelForMaskedLM",
-    "mlm_nsp": "AutoModelForPreTraining",
-    "seq_cls": "AutoModelForSequenceClassification",
-    "token_cls": "AutoModelForTokenClassification",
-}
-
 
 def auto_class(task: str):
+    """The transformers Auto class that builds and loads a model for ``task``."""
     import transformers
 
-    return getattr(transformers, AUTO_CLASS[task])
+    from ..tasks import get_task
+
+    return getattr(transformers, get_task(task).auto_class)
 
 
 def preset_config(model: dict[str, Any], vocab_size: int, tokenizer=None):
@@ -79,9 +73,17 @@ def base_config(config):
 
 
 def positions_and_vocab(config) -> tuple[int, int]:
+    """How many positions the model embeds and how many tokens its vocabulary holds;
+    for a custom-head model, its encoder's."""
     config = base_config(config)
     positions = getattr(config, "n_positions", None) or config.max_position_embeddings
     return int(positions), int(config.vocab_size)
+
+
+def max_input_length(config) -> int:
+    """The longest input (in tokens) a model takes: what predict, serve and the export
+    check truncate to."""
+    return positions_and_vocab(config)[0]
 
 
 def label_kwargs(labels: list[str] | None, tokenizer=None) -> dict:

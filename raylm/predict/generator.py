@@ -26,13 +26,15 @@ class Sampling:
 
 class Generator:
     def __init__(self, model_dir: str, use_gpu: bool = False):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from ..models import max_input_length
+        from ..models.runtime import load_for_inference
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()
-        config = self.model.config
-        self.max_length = getattr(config, "n_positions", None) or config.max_position_embeddings
+        self.model = load_for_inference(model_dir, "clm", self.device)
+        self.max_length = max_input_length(self.model.config)
         # transformers 5 renamed the KV cache argument (and output field) to ``cache``.
         params = inspect.signature(self.model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"

@@ -13,21 +13,23 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .._internal.cluster import init_ray
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
 from ..data.files import BUILDERS
 from ..data.pipeline import to_ray_dataset
 from ..models.artifact import model_info
-from ..train.job import init_ray
-from .predictor import PREDICTORS
+from .predictor import predictor_class
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 
 
 def validate_predict(c: dict[str, Any]) -> dict[str, Any]:
     """Check the config; returns the model's description (:func:`model_info`)."""
+    from ..tasks import get_task
+
     info = model_info(c["model_dir"])
-    if info["task"] not in ("seq_cls", "token_cls"):
+    if not get_task(info["task"]).labeled:
         raise ConfigError(
             "model_dir",
             f"{c['model_dir']} is a {info['task']} model, neither a sequence nor a token "
@@ -110,7 +112,7 @@ def run(cfg: DictConfig) -> Path:
     c = OmegaConf.to_container(cfg, resolve=True)
     info = validate_predict(c)
     model_dir = Path(c["model_dir"]).expanduser().resolve()
-    predictor = PREDICTORS[info["task"]]
+    predictor = predictor_class(info["task"])
     quiet_libraries(c["ray"]["verbose"])
     src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser().resolve()
     rows = read_rows(src, c["text_column"])

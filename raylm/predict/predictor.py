@@ -16,9 +16,10 @@ from ..data.tagged import spans
 
 
 class _Predictor:
-    """Tokenizer + model of a fine-tuned directory, on the GPU when asked and present."""
+    """Tokenizer + model of a fine-tuned directory, on the GPU when asked and present,
+    with the runtime its artifact records (:mod:`raylm.models.runtime`)."""
 
-    auto_class = ""
+    task = ""
 
     def __init__(
         self,
@@ -29,29 +30,26 @@ class _Predictor:
     ):
         import transformers
 
-        from ..models import heads  # noqa: F401  (registers raylm's custom-head models)
+        from ..models import max_input_length
+        from ..models.runtime import load_for_inference
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model_class = getattr(transformers, self.auto_class)
-        self.model = model_class.from_pretrained(model_dir).to(self.device).eval()
+        self.model = load_for_inference(model_dir, self.task, self.device)
+        self.device = str(getattr(self.model, "device", self.device))
         config = self.model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.text_column = text_column
-        self.max_length = (
-            max_length
-            or getattr(config, "max_position_embeddings", None)
-            or getattr(config, "n_positions", 512)
-        )
+        self.max_length = max_length or max_input_length(config)
 
 
 class Classifier(_Predictor):
     """Sequence classification of a batch of texts -> label, score, one probability column
     per label."""
 
-    auto_class = "AutoModelForSequenceClassification"
+    task = "seq_cls"
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> np.ndarray:
@@ -89,7 +87,7 @@ class Tagger(_Predictor):
     window (``max_length`` subwords) get ``O`` with score 0.
     """
 
-    auto_class = "AutoModelForTokenClassification"
+    task = "token_cls"
 
     @torch.inference_mode()
     def tag(self, rows: list[list[str]]) -> list[tuple[list[str], list[float]]]:
@@ -146,7 +144,7 @@ def entities(words: list[str], tags: list[str]) -> list[dict[str, Any]]:
 class FillMasker(_Predictor):
     """Masked-LM candidates for each mask token of each text."""
 
-    auto_class = "AutoModelForMaskedLM"
+    task = "mlm"
 
     @torch.inference_mode()
     def fill(self, texts: list[str], top_k: int) -> list[list[list[dict[str, Any]]]]:
@@ -173,5 +171,11 @@ class FillMasker(_Predictor):
         return out
 
 
-# task -> the predictor for it
-PREDICTORS = {"seq_cls": Classifier, "token_cls": Tagger, "mlm": FillMasker, "mlm_nsp": FillMasker}
+def predictor_class(task: str):
+    """The class that predicts for ``task`` (:attr:`raylm.tasks.Task.predictor`)."""
+    import importlib
+
+    from ..tasks import get_task
+
+    module, _, name = get_task(task).predictor.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -104,9 +104,8 @@ class Gateway:
                 }
         return self.infos
 
-    async def _pick(self, requested: str | None, task: str | tuple[str, ...], endpoint: str):
-        """The named model (which must have the task), or the only model with it."""
-        tasks = (task,) if isinstance(task, str) else task
+    async def _pick(self, requested: str | None, endpoint: str):
+        """The named model (which must answer the endpoint), or the only model that does."""
         infos = await self._infos()
         if requested is not None:
             if requested not in infos:
@@ -114,7 +113,7 @@ class Gateway:
                     404, "model", f"unknown model {requested!r}; served: {', '.join(infos)}"
                 )
             info = infos[requested]
-            if info["task"] not in tasks:
+            if info["endpoint"] != endpoint:
                 raise RequestError(
                     400,
                     "model",
@@ -122,7 +121,7 @@ class Gateway:
                     f"not {endpoint}",
                 )
             return requested, self.handles[requested]
-        able = [n for n, i in infos.items() if i["task"] in tasks]
+        able = [n for n, i in infos.items() if i["endpoint"] == endpoint]
         if len(able) != 1:
             have = ", ".join(f"{n} ({i['task']})" for n, i in infos.items())
             problem = "no served model" if not able else "several served models"
@@ -159,19 +158,19 @@ class Gateway:
     @api.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(self, body: TextsRequest):
         self._check_texts(body.texts)
-        name, handle = await self._pick(body.model, "seq_cls", "/v1/classify")
+        name, handle = await self._pick(body.model, "/v1/classify")
         return {"model": name, "results": await self._call(handle.classify, body.texts)}
 
     @api.post("/v1/tag", response_model=TagResponse)
     async def tag(self, body: TextsRequest):
         self._check_texts(body.texts)
-        name, handle = await self._pick(body.model, "token_cls", "/v1/tag")
+        name, handle = await self._pick(body.model, "/v1/tag")
         return {"model": name, "results": await self._call(handle.tag, body.texts)}
 
     @api.post("/v1/fill-mask", response_model=FillMaskResponse)
     async def fill_mask(self, body: FillMaskRequest):
         self._check_texts(body.texts)
-        name, handle = await self._pick(body.model, ("mlm", "mlm_nsp"), "/v1/fill-mask")
+        name, handle = await self._pick(body.model, "/v1/fill-mask")
         mask = (await self._infos())[name]["mask_token"]
         for i, t in enumerate(body.texts):
             if mask not in t:
@@ -189,7 +188,7 @@ class Gateway:
             )
         if body.max_new_tokens > self.limits["max_new_tokens"]:
             raise RequestError(422, "max_new_tokens", f"at most {self.limits['max_new_tokens']}")
-        name, handle = await self._pick(body.model, "clm", "/v1/generate")
+        name, handle = await self._pick(body.model, "/v1/generate")
         sampling = body.model_dump(
             include={"max_new_tokens", "temperature", "top_k", "top_p", "seed"}
         )

@@ -121,7 +121,7 @@ def start(c: dict[str, Any], args: dict[str, Any]) -> str:
     import ray
     from ray import serve
 
-    from ..train.job import init_ray
+    from .._internal.cluster import init_ray
     from .app import build_app
 
     s = c["serve"]

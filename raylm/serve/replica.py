@@ -47,19 +47,14 @@ class ModelServer:
         import torch
         import transformers
 
-        from ..predict.generator import Generator
-        from ..predict.predictor import PREDICTORS
+        from ..predict.predictor import predictor_class
 
         torch.set_num_threads(threads)
         transformers.utils.logging.disable_progress_bar()  # replica logs are not a terminal
         self.name = name
         self.info_ = {"name": name, **model_info(model_dir)}
         use_gpu = torch.cuda.is_available()  # the replica was given a GPU
-        task = self.info_["task"]
-        if task == "clm":
-            self.engine = Generator(model_dir, use_gpu=use_gpu)
-        else:
-            self.engine = PREDICTORS[task](model_dir, use_gpu=use_gpu)
+        self.engine = predictor_class(self.info_["task"])(model_dir, use_gpu=use_gpu)
         self.info_["mask_token"] = getattr(self.engine.tokenizer, "mask_token", None)
         self.info_["device"] = self.engine.device
         self.served = {"requests": 0, "texts": 0, "forward_passes": 0}

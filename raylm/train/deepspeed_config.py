@@ -33,6 +33,7 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
 
     # DeepSpeed's schedulers need at least one warmup step; 0 means "as short as allowed".
     warmup = max(1, min(tr["warmup_steps"], max_steps))
+    min_ratio = tr["min_lr_ratio"]
     if tr["schedule"] == "cosine":
         scheduler = {
             "type": "WarmupCosineLR",
@@ -40,17 +41,19 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
                 "total_num_steps": max_steps,
                 "warmup_num_steps": warmup,
                 "warmup_min_ratio": 0.0,
-                "cos_min_ratio": tr["min_lr_ratio"],
+                "cos_min_ratio": 0.1 if min_ratio is None else min_ratio,
                 "warmup_type": "linear",
             },
         }
     elif tr["schedule"] == "linear":
+        # WarmupDecayLR runs between warmup_min_lr and warmup_max_lr both ways: it warms
+        # up from, and decays linearly back to, lr * min_lr_ratio (0 unless set).
         scheduler = {
             "type": "WarmupDecayLR",
             "params": {
                 "total_num_steps": max_steps,
                 "warmup_num_steps": warmup,
-                "warmup_min_lr": 0.0,
+                "warmup_min_lr": tr["lr"] * (min_ratio or 0.0),
                 "warmup_max_lr": tr["lr"],
                 "warmup_type": "linear",
             },

@@ -7,17 +7,14 @@ is renamed into place, so ``model/`` is either a verified model or absent.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .._internal.fs import atomic_dir
-from ..models import auto_class
-
-ARTIFACT_FILE = "raylm.json"
+from ..models import auto_class, max_input_length
+from ..models.artifact import Artifact
 
 
 class ExportMismatchError(RuntimeError):
@@ -40,7 +37,7 @@ def export_model(
     task: str,
     tokenizer,
     out_dir: str | Path,
-    artifact: dict[str, Any],
+    artifact: Artifact,
     zero_stage: int,
     atol: float,
 ) -> Path | None:
@@ -49,12 +46,7 @@ def export_model(
     module = engine.module
     was_training = module.training
     module.eval()
-    probe = probe_inputs(
-        len(tokenizer),
-        module.config.max_position_embeddings
-        if hasattr(module.config, "max_position_embeddings")
-        else 32,
-    )
+    probe = probe_inputs(len(tokenizer), max_input_length(module.config))
     # Forward through the engine's own module: under ZeRO-3 every rank takes part in
     # gathering the partitioned weights, so this is the trained model as DeepSpeed holds it.
     expected = _logits(module(input_ids=probe.to(engine.device)))
@@ -79,13 +71,10 @@ def export_model(
             raise ExportMismatchError(
                 f"exported model's logits differ from the trained model's by {max_diff:.3g} (> {atol})"
             )
-        artifact = {
-            **artifact,
-            "export_check": {
-                "max_abs_logit_diff": max_diff,
-                "atol": atol,
-                "auto_class": auto_class(task).__name__,
-            },
+        check = {
+            "max_abs_logit_diff": max_diff,
+            "atol": atol,
+            "auto_class": auto_class(task).__name__,
         }
-        (tmp / ARTIFACT_FILE).write_text(json.dumps(artifact, indent=2, default=str))
+        artifact.replace(export_check=check).write(tmp)
     return Path(out_dir)

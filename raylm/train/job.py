@@ -7,19 +7,20 @@ one line and no cluster start-up.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .._internal.cluster import init_ray
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_training
-from ..config.validate import CLASSIFICATION_TASKS, check_data_files, check_vocab
-from .export import ARTIFACT_FILE
+from ..config.validate import check_data_files, check_vocab
+from ..models.artifact import Artifact
 from .metrics import METRICS_FILE, plot_confusion, plot_loss_curve
 
 CONFUSION_FILE = "confusion_matrix.png"
@@ -34,12 +35,21 @@ def _tokenizer_source(c: dict[str, Any]) -> str:
     return c["model"]["init_from"]  # a model directory carries its own tokenizer
 
 
-def prepare(cfg: DictConfig) -> dict[str, Any]:
-    """Compose -> validate -> the plain dict the workers get."""
-    from ..data.tokenizer import load_tokenizer
-    from ..models.build import load_init_config
+def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Compose -> validate -> the plain dict the workers get.
 
-    c = OmegaConf.to_container(cfg, resolve=True)
+    Takes the composed config, or a plain dict of the same keys (how ``raylm compress``
+    hands its training steps over).
+    """
+    from ..data.tokenizer import load_tokenizer
+    from ..models.build import load_init_config, positions_and_vocab
+    from ..tasks import get_task
+
+    if isinstance(cfg, DictConfig):
+        c = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        c, resolved = copy.deepcopy(cfg), copy.deepcopy(cfg)
     init_config = None
     if c["model"]["init_from"]:
         try:
@@ -52,6 +62,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         # The architecture is the directory's, not the preset's: name it so in raylm.json.
         c["model"]["name"] = str(c["model"]["init_from"])
     validate_training(c, init_config=init_config)  # before the tokenizer is read
+    task = get_task(c["task"])
     tok_src = _tokenizer_source(c)
     try:
         tokenizer = load_tokenizer(tok_src)
@@ -60,12 +71,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             "tokenizer.path", f"cannot load a tokenizer from {tok_src}: {exc}"
         ) from None
     check_vocab(c, len(tokenizer), init_config)
-    if c["task"] in ("mlm", "mlm_nsp") and tokenizer.mask_token is None:
-        raise ConfigError(
-            "tokenizer.path",
-            f"task={c['task']} needs a tokenizer with a mask token (tokenizer.type=wordpiece)",
-        )
-    if c["task"] in CLASSIFICATION_TASKS and c["model"]["init_from"]:
+    task.check_tokenizer(tokenizer)
+    if task.labeled and c["model"]["init_from"]:
         from ..models.build import has_head_for
 
         head = c["model"]["head"]
@@ -79,21 +86,18 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
                 f"model.init_from={c['model']['init_from']} has no {c['task']} head: a new one "
                 "is initialized and trained from scratch on top of its encoder"
             )
-    if c["task"] == "clm" and tokenizer.eos_token is None:
-        raise ConfigError(
-            "tokenizer.path",
-            "task=clm needs a tokenizer with an end-of-text token (tokenizer.type=bpe)",
-        )
 
     out = Path(c["output_dir"]).expanduser().resolve()
     c["output_dir"] = str(out)
+    c.setdefault("export_dir", str(out / "model"))
     c["tokenizer_path"] = tok_src
     c["vocab_size"] = (
-        init_config.vocab_size if init_config else c["model"]["vocab_size"] or len(tokenizer)
+        positions_and_vocab(init_config)[1]
+        if init_config
+        else c["model"]["vocab_size"] or len(tokenizer)
     )
     c["data"]["train_files"] = check_data_files(c["data"]["train_files"], "data.train_files", True)
     c["data"]["eval_files"] = check_data_files(c["data"]["eval_files"], "data.eval_files", False)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     c["resolved_config"] = resolved
     c["config_hash"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[
         :16
@@ -131,26 +135,14 @@ def check_output_dir(c: dict[str, Any]) -> None:
                 p.unlink()
 
 
-def init_ray(c: dict[str, Any]) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if c["ray"]["address"]:
-        ray.init(address=c["ray"]["address"], log_to_driver=True)
-    else:
-        ray.init(num_cpus=c["ray"]["num_cpus"])
-
-
 def load_documents(c: dict[str, Any]) -> dict[str, Any]:
     """The train (and eval) ``datasets.Dataset``s; for classification also ``c["labels"]``."""
     from ..data.files import load_text_dataset
     from ..data.labeled import decode_class_labels, hold_out, resolve_labels
-    from ..data.tagged import check_bio, check_lengths
+    from ..tasks import get_task
 
-    data, task = c["data"], c["task"]
-    labeled = task in CLASSIFICATION_TASKS
+    data, task = c["data"], get_task(c["task"])
+    labeled = task.labeled
     extra = (data["label_column"],) if labeled else ()
     files = {"train": data["train_files"], "eval": data["eval_files"]}
     docs = {}
@@ -161,14 +153,12 @@ def load_documents(c: dict[str, Any]) -> dict[str, Any]:
         docs[name] = load_text_dataset(paths, data["text_column"], key, extra)
         if labeled:
             docs[name] = decode_class_labels(docs[name], data["label_column"])
-        if task == "token_cls":
-            check_lengths(docs[name], data["text_column"], data["label_column"], key)
+        task.check_documents(docs[name], c, key)
     if labeled:
         c["labels"] = resolve_labels(
             docs["train"], docs.get("eval"), data["label_column"], data["labels"]
         )
-        if task == "token_cls":
-            check_bio(c["labels"], "data.labels" if data["labels"] else "data.label_column")
+        task.check_labels(c["labels"], "data.labels" if data["labels"] else "data.label_column")
         if "eval" not in docs:
             docs["train"], docs["eval"] = hold_out(
                 docs["train"], data["eval_fraction"], c["trainer"]["seed"]
@@ -180,29 +170,18 @@ def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
     import ray.data
 
     from ..data.pipeline import build_dataset
+    from ..tasks import get_task
 
     ray.data.DataContext.get_current().enable_progress_bars = bool(c["ray"]["verbose"])
-    tr, data = c["trainer"], c["data"]
+    tr = c["trainer"]
     out = {}
     for name, docs in load_documents(c).items():
-        ds = build_dataset(
-            docs,
-            c["task"],
-            c["tokenizer_path"],
-            data["text_column"],
-            tr["seq_len"],
-            data["preprocess_batch_size"],
-            tr["seed"],
-            label_column=data["label_column"],
-            labels=c.get("labels"),
-        )
+        ds = build_dataset(docs, c, name)
         rows = ds.count()
         need = c["scaling"]["num_workers"] * tr["micro_batch_size"]
         if rows < need:
-            unit = (
-                "rows"
-                if c["task"] in CLASSIFICATION_TASKS
-                else f"blocks of trainer.seq_len={tr['seq_len']} tokens"
+            unit = get_task(c["task"]).row_unit.replace(
+                "trainer.seq_len", f"trainer.seq_len={tr['seq_len']}"
             )
             raise ConfigError(
                 f"data.{name}_files",
@@ -233,13 +212,17 @@ def steps_for(c: dict[str, Any], train_rows: int) -> int:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, export, plot. Returns a summary (paths and final metrics)."""
+    return fit(prepare(cfg))
+
+
+def fit(c: dict[str, Any]) -> dict[str, Any]:
+    """Run a prepared config (:func:`prepare`) on Ray Train, export, plot; the summary."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from .data_config import split_for_workers
     from .loop import train_loop_per_worker
 
-    c = prepare(cfg)
     quiet_libraries(c["ray"]["verbose"])
     check_output_dir(c)
     init_ray(c)
@@ -279,29 +262,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if mistake is None:
             raise
         raise mistake from None
-    out = Path(c["output_dir"])
+    out, model_dir = Path(c["output_dir"]), Path(c["export_dir"])
     curve = plot_loss_curve(out)
-    artifact = json.loads((out / "model" / ARTIFACT_FILE).read_text())
+    artifact = Artifact.read(model_dir)
     summary = {
         "output_dir": str(out),
-        "model_dir": str(out / "model"),
+        "model_dir": str(model_dir),
         "loss_curve": str(curve),
         "metrics_file": str(out / METRICS_FILE),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         # The exported model's metrics: the best eval under trainer.metric, else the last.
-        "metrics": artifact["metrics"],
-        "best": artifact.get("best"),
+        "metrics": artifact.metrics,
+        "best": artifact.best,
     }
     lines = [
-        f"model:      {summary['model_dir']} (step {artifact['step']})",
+        f"model:      {summary['model_dir']} (step {artifact.step})",
         f"loss curve: {curve}",
         f"metrics:    {summary['metrics_file']}",
     ]
-    if "eval_confusion" in artifact["metrics"]:
+    if "eval_confusion" in artifact.metrics:
         summary["confusion_matrix"] = str(out / CONFUSION_FILE)
-        plot_confusion(
-            artifact["metrics"]["eval_confusion"], artifact["labels"], out / CONFUSION_FILE
-        )
+        plot_confusion(artifact.metrics["eval_confusion"], artifact.labels, out / CONFUSION_FILE)
         lines.append(f"confusion:  {summary['confusion_matrix']}")
     print("\n".join(lines))
     return summary

@@ -5,7 +5,6 @@ Read top to bottom: build -> restore -> (step, log, eval, checkpoint)* -> export
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -18,16 +17,16 @@ import torch
 import torch.distributed as dist
 
 from .._internal.logs import quiet_libraries
-from ..config.validate import CLASSIFICATION_TASKS
 from ..data.tokenizer import load_tokenizer
 from ..models import build_model, flops_per_token
-from .batches import Batcher
+from ..models.artifact import Artifact
+from ..tasks import Task, get_task
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data_config import shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
 from .metrics import MetricsLog, peak_flops, peak_memory_bytes
-from .scoring import make_scorer
+from .objective import build_objective
 
 NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
 
@@ -61,24 +60,25 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
 def evaluate(
     engine,
     shard,
-    batcher: Batcher,
-    task: str,
+    batcher,
+    task: Task,
     micro_batch: int,
     max_batches: int,
     labels: list[str] | None = None,
 ) -> dict:
-    """Mean loss over up to ``max_batches`` per rank (classification: every eval row),
-    reduced over ranks, plus the task's scores. Masks come from fixed indices, so
-    successive evals score the same masked positions."""
+    """Mean task loss over up to ``max_batches`` per rank (classification: every eval
+    row), reduced over ranks, plus the task's scores. Masks come from fixed indices, so
+    successive evals score the same masked positions. The task's loss, not the training
+    objective: a distilled student is judged as any other model is."""
     engine.eval()
-    scorer = make_scorer(task, labels, engine.device)
+    scorer = task.scorer(labels, engine.device)
     sums = [0.0, 0.0]  # loss, batches
     for i, batch in enumerate(shard.iter_torch_batches(batch_size=micro_batch)):
-        if i >= max_batches and task not in CLASSIFICATION_TASKS:
+        if i >= max_batches and not task.eval_all_rows():
             break
         inputs = batcher(batch, -(i + 1), engine.device)
         out = engine(**inputs)
-        sums[0] += float(out.loss)
+        sums[0] += float(task.loss(out, inputs))
         sums[1] += 1
         if scorer:
             scorer.update(inputs, out)
@@ -86,9 +86,7 @@ def evaluate(
     loss_sum, n = _all_reduce_sum(sums, engine.device)
     if n == 0:
         return {}
-    metrics = {"eval_loss": loss_sum / n}
-    if task in ("clm", "mlm"):  # perplexity of a language-model loss alone
-        metrics["eval_perplexity"] = math.exp(min(loss_sum / n, 50.0))
+    metrics = {"eval_loss": loss_sum / n, **task.loss_metrics(loss_sum / n)}
     if scorer:
         metrics.update(scorer.result())
     return metrics
@@ -122,7 +120,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     quiet_libraries(cfg["ray"]["verbose"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    tr, task = cfg["trainer"], cfg["task"]
+    tr, task = cfg["trainer"], get_task(cfg["task"])
     max_steps, micro = cfg["max_steps"], tr["micro_batch_size"]
 
     # --- build: same seed on every rank -> same initial weights, no broadcast needed
@@ -131,7 +129,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     labels = cfg.get("labels")
     if labels and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; rows are padded with EOS
-    model = build_model(task, cfg["model"], cfg["vocab_size"], tokenizer, labels)
+    model = build_model(task.name, cfg["model"], cfg["vocab_size"], tokenizer, labels)
     engine, *_ = deepspeed.initialize(
         model=model,
         config=deepspeed_config(cfg, world, max_steps),
@@ -167,12 +165,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if rank == 0:
         from ray.experimental.tqdm_ray import tqdm
 
-        bar = tqdm(total=max_steps, desc=f"{task} {cfg['model']['name']}", unit="step")
+        bar = tqdm(total=max_steps, desc=f"{task.name} {cfg['model']['name']}", unit="step")
         bar.update(state["step"])
 
     train_shard = ray.train.get_dataset_shard(shard_name("train", rank))
     eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None
-    batcher = Batcher(task, tokenizer, tr["mlm_probability"], tr["seed"], rank)
+    batcher = task.batcher(tokenizer, tr, rank)
+    objective = build_objective(cfg.get("objective"), task, engine.device)
     # Loss is summed on the device and read once per log step: no host sync per micro-batch.
     zero = torch.zeros((), device=engine.device)
     window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
@@ -194,7 +193,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         for i, batch in enumerate(batches):
             if i < state["batch_in_epoch"]:
                 continue  # consumed before the checkpoint this run restarted from
-            loss = engine(**batcher(batch, state["micro"], engine.device)).loss
+            loss, _ = objective(engine, batcher(batch, state["micro"], engine.device))
             engine.backward(loss)
             engine.step()
             state["batch_in_epoch"] += 1
@@ -242,12 +241,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                         engine, state, ev[metric], tr["metric_mode"], step, last, best_dir, patience
                     )
             if bar and "loss" in last:
-                bar.set_description(
-                    f"{task} loss {last['loss']:.3f}"
-                    + (f" eval {last['eval_loss']:.3f}" if "eval_loss" in last else "")
-                    + (f" acc {last['eval_accuracy']:.3f}" if "eval_accuracy" in last else "")
-                    + (f" f1 {last['eval_f1']:.3f}" if "eval_f1" in last else "")
-                )
+                bar.set_description(task.progress(last))
             if step % tr["checkpoint_every"] == 0 or step == max_steps:
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
                     save_checkpoint(engine, d, state)
@@ -271,16 +265,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             best_dir, tag="best", load_optimizer_states=False, load_lr_scheduler_states=False
         )
         last, exported_step = state["best_metrics"], state["best_step"]
-    artifact = {
-        "task": task,
-        "model": cfg["model"]["name"],
-        "step": exported_step,
-        "tokens_seen": state["tokens"],
-        "metrics": last,
-        "config": cfg["resolved_config"],
-        "config_hash": cfg["config_hash"],
-        "labels": labels,
-        "best": None
+    artifact = Artifact(
+        task=task.name,
+        model=cfg["model"]["name"],
+        step=exported_step,
+        tokens_seen=state["tokens"],
+        metrics=last,
+        config=cfg["resolved_config"],
+        config_hash=cfg["config_hash"],
+        labels=labels,
+        best=None
         if metric is None
         else {
             "metric": metric,
@@ -289,13 +283,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "early_stopped": stop,
             "last_step": state["step"],
         },
-    }
+        compression=cfg.get("compression"),
+    )
     atol = 1e-4 if tr["precision"] == "fp32" else 5e-2
     path = export_model(
         engine,
-        task,
+        task.name,
         tokenizer,
-        os.path.join(cfg["output_dir"], "model"),
+        cfg["export_dir"],
         artifact,
         cfg["deepspeed"]["zero_stage"],
         atol,

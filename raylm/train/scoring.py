@@ -1,4 +1,5 @@
 """Task metrics beyond the loss, accumulated over eval batches and summed over ranks.
+Each task (:mod:`raylm.tasks`) says which scorer it uses.
 
 Each scorer keeps counts (never per-rank averages), so the all-reduced result is the
 metric over the whole eval set whatever the number of workers.
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from ..data.tagged import IGNORE, entity_types, spans
 
 
-def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.cpu()
@@ -63,22 +64,6 @@ def entity_metrics(counts: torch.Tensor, types: list[str]) -> dict[str, Any]:
     }
 
 
-class NspScorer:
-    """Next-sentence accuracy of BERT's pretraining head."""
-
-    def __init__(self, device):
-        self.counts = torch.zeros(2, dtype=torch.float64, device=device)
-
-    def update(self, inputs: dict, output) -> None:
-        pred = output.seq_relationship_logits.argmax(-1)
-        self.counts[0] += (pred == inputs["next_sentence_label"]).sum()
-        self.counts[1] += pred.numel()
-
-    def result(self) -> dict[str, Any]:
-        correct, seen = _sum_over_ranks(self.counts).tolist()
-        return {"eval_nsp_accuracy": correct / max(seen, 1)}
-
-
 class ConfusionScorer:
     """Sequence classification: one confusion matrix over every eval row."""
 
@@ -93,7 +78,7 @@ class ConfusionScorer:
         )
 
     def result(self) -> dict[str, Any]:
-        return classification_metrics(_sum_over_ranks(self.confusion), self.labels)
+        return classification_metrics(sum_over_ranks(self.confusion), self.labels)
 
 
 class SpanScorer:
@@ -125,20 +110,9 @@ class SpanScorer:
             self.counts[-1, 1] += len(gold)
 
     def result(self) -> dict[str, Any]:
-        counts = _sum_over_ranks(self.counts.to(self.device))
+        counts = sum_over_ranks(self.counts.to(self.device))
         words_correct, words = counts[-1, 0], counts[-1, 1]
         return {
             **entity_metrics(counts[:-1], self.types),
             "eval_accuracy": float(words_correct / words.clamp(min=1)),
         }
-
-
-def make_scorer(task: str, labels: list[str] | None, device):
-    """The scorer for ``task``, or None where the loss is the whole story (clm, mlm)."""
-    if task == "mlm_nsp":
-        return NspScorer(device)
-    if task == "seq_cls":
-        return ConfusionScorer(labels, device)
-    if task == "token_cls":
-        return SpanScorer(labels, device)
-    return None
