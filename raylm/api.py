@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "raylm.train.job:run",
         "fine-tune a model for sequence (seq_cls) or token (token_cls) classification",
     ),
+    "compress": (
+        "raylm.compress.job:run",
+        "distill, prune and quantize a model, with a report of what each step cost and bought",
+    ),
     "predict": (
         "raylm.predict.job:run",
         "label or tag every row of a file with a fine-tuned model (Ray Data, actor pool)",

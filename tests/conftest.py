@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from raylm.train.metrics import read_metrics as _read_metrics
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # as raylm's own init_ray sets it
 
 # Small enough that a run takes seconds on two cores, large enough that losses fall clearly.
 FAST = [
@@ -77,3 +80,21 @@ def read_metrics(output_dir: Path) -> list[dict]:
 
 def losses(output_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(output_dir) if "loss" in r]
+
+
+def wait_for_step(out: Path, step: int, timeout: float = 300, proc=None) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"run ended early with {proc.returncode}")
+        if (out / "metrics.jsonl").exists():
+            steps = [r["step"] for r in read_metrics(out) if "loss" in r]
+            if steps and steps[-1] >= step:
+                return steps[-1]
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def train_worker_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]

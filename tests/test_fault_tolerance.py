@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, losses, read_metrics
+from conftest import FAST, losses, train_worker_pids, wait_for_step
 from safetensors.torch import load_file
 
 import raylm
@@ -44,24 +44,6 @@ def overrides(corpus, tokenizers, out: Path, *extra: str) -> list[str]:
         f"output_dir={out}",
         *extra,
     ]
-
-
-def wait_for_step(out: Path, step: int, timeout: float = 300, proc=None) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"run ended early with {proc.returncode}")
-        if (out / "metrics.jsonl").exists():
-            steps = [r["step"] for r in read_metrics(out) if "loss" in r]
-            if steps and steps[-1] >= step:
-                return steps[-1]
-        time.sleep(0.02)
-    raise AssertionError(f"step {step} not reached in {timeout}s")
-
-
-def train_worker_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

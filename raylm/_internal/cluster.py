@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# Set in every worker of the job. Ray Train V2 tees a training function's print() to
+# stdout and to its logger (stderr), so each ray.experimental.tqdm_ray state line
+# reaches the driver twice, and the second copy of a bar's "closed" state re-creates
+# the bar: the finished bar is then redrawn above every later line the driver prints.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
 
 def init_ray(c: dict[str, Any]) -> None:
     """``ray.init`` once per process from a command's ``ray`` config section."""
@@ -13,7 +19,10 @@ def init_ray(c: dict[str, Any]) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)  # the embedded cluster's workers inherit it
+    runtime_env = {"env_vars": WORKER_ENV}
     if c["ray"]["address"]:
-        ray.init(address=c["ray"]["address"], log_to_driver=True)
+        ray.init(address=c["ray"]["address"], log_to_driver=True, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=c["ray"]["num_cpus"])
+        ray.init(num_cpus=c["ray"]["num_cpus"], runtime_env=runtime_env)

@@ -24,8 +24,27 @@ def quiet_libraries(verbose: bool) -> None:
         return
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # With transformers.modeling_utils at WARNING, every from_pretrained checks the
+    # tensor-parallel plan and warns about layers it would not shard: none are sharded.
+    logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.ERROR)
+    # Ray Train V2 logs every report's whole metrics dict at INFO through a logger named
+    # by its file path (logging.getLogger(__file__)), which neither the ray.train level
+    # nor RunConfig(logging_config=...) reaches.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except ImportError:
+        pass
+    # The ONNX exporter's optimizer logs each rewrite it applies.
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # Deprecation chatter from library internals (e.g. DeepSpeed's all_gather_into_tensor).
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*exclude_resources.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' per-load "Loading weights" / "Writing model shards" bars.
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()

@@ -165,6 +165,69 @@ class FinetuneJobConfig(PretrainJobConfig):
 
 
 @dataclass
+class DistillConfig:
+    # Student depth; None: half the teacher's (rounded up). Its layers start from the
+    # teacher's, evenly spaced (every other one at half depth), when widths match.
+    num_layers: int | None = None
+    # Student width; None: the teacher's. A narrower student starts from random weights.
+    hidden_size: int | None = None
+    # loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * task loss
+    alpha: float = 0.5
+    temperature: float = 2.0
+    # > 0 adds weight * (1 - cosine) between the last hidden states (same width only).
+    cosine_weight: float = 0.0
+
+
+@dataclass
+class PruneConfig:
+    # Fractions of all attention heads and of all FFN neurons to remove, ranked by
+    # gradient importance (Michel et al. 2019) over the whole model; every layer keeps
+    # at least one head and one neuron.
+    heads: float = 0.5
+    neurons: float = 0.5
+    # Training batches (of trainer.micro_batch_size rows) the importance is summed over.
+    importance_batches: int = 16
+    # > 0: fine-tune the pruned model this many steps (a Ray Train job) to recover.
+    recovery_steps: int = 0
+
+
+@dataclass
+class QuantizeConfig:
+    # int8: ONNX Runtime dynamic quantization, for CPU serving (weights and embeddings
+    # int8, activations quantized per batch). bf16 / fp16: torch weights, for GPUs.
+    dtype: str = "int8"
+
+
+@dataclass
+class ReportConfig:
+    # torch / ONNX Runtime intra-op threads while timing (1: a single-core figure).
+    threads: int = 1
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    # Each latency is the median of this many timed forward passes (after 2 warm-ups).
+    repeats: int = 20
+    # Eval rows the metric is computed on (0: all).
+    max_eval_rows: int = 0
+
+
+@dataclass
+class CompressConfig:
+    steps: list[str] = field(default_factory=lambda: ["distill", "prune", "quantize"])
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+@dataclass
+class CompressJobConfig(PretrainJobConfig):
+    """``raylm compress``: distill, prune and quantize a model, then report what it cost."""
+
+    # None: the teacher's task (from its raylm.json or architecture).
+    task: str | None = None  # type: ignore[assignment]
+    compress: CompressConfig = field(default_factory=CompressConfig)
+
+
+@dataclass
 class PredictJobConfig:
     """``raylm predict``: batch prediction with a fine-tuned model over Ray Data."""
 
@@ -239,6 +302,7 @@ SCHEMAS: dict[str, type] = {
     "tokenizer": TokenizerJobConfig,
     "pretrain": PretrainJobConfig,
     "finetune": FinetuneJobConfig,
+    "compress": CompressJobConfig,
     "predict": PredictJobConfig,
     "serve": ServeJobConfig,
 }

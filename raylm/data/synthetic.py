@@ -65,13 +65,34 @@ def labeled_documents(
     return rows
 
 
-def write_labeled(path: str | Path, n_docs: int, seed: int = 0) -> Path:
-    """Write ``{"text", "label"}`` rows as ``.jsonl`` (or ``.csv`` / ``.parquet``)."""
+def mixed_documents(n_docs: int, seed: int = 0, noise: float = 0.05) -> list[dict]:
+    """A harder classification task: each text mixes sentences of two topics and is
+    labeled with the one that has more of them (3 against 2, or 2 against 1, in random
+    order), so a model must weigh every sentence rather than spot one word; a ``noise``
+    fraction of labels is drawn at random, which caps accuracy below 1."""
+    rng = random.Random(seed)
+    topics = sorted(TOPICS)
+    rows = []
+    for _ in range(n_docs):
+        major, minor = rng.sample(topics, 2)
+        n = rng.choice((2, 3))
+        picks = [major] * n + [minor] * (n - 1)
+        rng.shuffle(picks)
+        label = rng.choice(topics) if rng.random() < noise else major
+        rows.append({"text": " ".join(sentence(rng, t) for t in picks), "label": label})
+    return rows
+
+
+def write_labeled(
+    path: str | Path, n_docs: int, seed: int = 0, rows: list[dict] | None = None
+) -> Path:
+    """Write ``{"text", "label"}`` rows (by default :func:`labeled_documents`) as
+    ``.jsonl`` (or ``.csv`` / ``.parquet``)."""
     import pandas as pd
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(labeled_documents(n_docs, seed))
+    frame = pd.DataFrame(rows if rows is not None else labeled_documents(n_docs, seed))
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
     elif path.suffix == ".parquet":

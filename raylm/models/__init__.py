@@ -2,6 +2,7 @@
 
 from .build import auto_class, build_model, flops_per_token, max_input_length, preset_config
 from .heads import HEADS, ClassificationHead, register_head
+from .pruned import PRUNED_CLASSES  # noqa: F401  (registers the pruned architectures)
 
 __all__ = [
     "HEADS",

@@ -33,9 +33,8 @@ class OnnxRuntimeModel:
         # Same thread budget as torch in this process (serve.threads, the report's).
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(Path(model_dir) / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-        )
+        self.path = str(Path(model_dir) / ONNX_FILE)
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.config = AutoConfig.from_pretrained(model_dir)
 

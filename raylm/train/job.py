@@ -249,6 +249,10 @@ def fit(c: dict[str, Any]) -> dict[str, Any]:
                 num_to_keep=c["trainer"]["keep_checkpoints"]
             ),
             failure_config=ray.train.FailureConfig(max_failures=c["trainer"]["max_failures"]),
+            # Without this, each report's whole metrics dict is logged to the console.
+            logging_config=ray.train.LoggingConfig(
+                log_level="INFO" if c["ray"]["verbose"] else "WARNING"
+            ),
         ),
         datasets=split_for_workers(datasets, sc["num_workers"]),
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),

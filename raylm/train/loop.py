@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from typing import Any
@@ -259,6 +260,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     # --- export: the best snapshot when trainer.metric picked one, else the last weights
     if bar:
         bar.close()
+        # The closing state reaches the driver through this worker's stdout: flush it, or
+        # the driver keeps redrawing the finished bar above every later line it prints.
+        sys.stdout.flush()
     exported_step = state["step"]
     if state["best_step"] is not None and state["best_step"] != state["step"]:
         engine.load_checkpoint(

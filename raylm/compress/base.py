@@ -1,0 +1,75 @@
+"""The one interface every compression method implements.
+
+A method takes the previous step's artifact directory and the job's config, writes its
+own artifact directory (whole or not at all), and returns the entry that
+``raylm.json``'s ``compression.chain`` records for it. The job validates every step's
+settings before anything runs, chains the steps, and measures every artifact the same
+way for the report, so a new method is one class in one module of this package.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..config.errors import ConfigError
+from ..tasks import Task
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a step knows besides its input: the job's config, the task, where it writes."""
+
+    c: dict[str, Any]  # the compress job's resolved config (plain dict)
+    task: Task
+    teacher_dir: Path  # model.init_from, the model the chain started from
+    teacher_config: Any  # its transformers config
+    output_dir: Path  # the job's output_dir; the step writes output_dir/<name>
+    chain: list[dict[str, Any]]  # entries of the steps before this one
+
+    def settings(self, method: str) -> dict[str, Any]:
+        return dict(self.c["compress"].get(method) or {})
+
+    def run_dir(self, method: str) -> Path:
+        """Where a training step keeps its metrics, checkpoints and loss curve."""
+        return self.output_dir / "runs" / method
+
+
+class Method(abc.ABC):
+    name: ClassVar[str]
+    # Tasks whose models it can compress.
+    tasks: ClassVar[tuple[str, ...]] = ("seq_cls", "token_cls")
+    # Whether it runs a Ray Train job (and so uses trainer.* / scaling.* / deepspeed).
+    trains: ClassVar[bool] = False
+    # Whether a later step can still read (and train) what it writes.
+    final: ClassVar[bool] = False
+
+    def key(self, field: str | None = None) -> str:
+        return f"compress.{self.name}" + (f".{field}" if field else "")
+
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise ConfigError(
+                "compress.steps",
+                f"{self.name} supports teachers of task {', '.join(self.tasks)}; "
+                f"model.init_from is a {task} model",
+            )
+
+    @abc.abstractmethod
+    def validate(self, ctx: StepContext) -> None:
+        """Check this step's settings against the teacher; raise ConfigError naming the key."""
+
+    @abc.abstractmethod
+    def apply(self, source: Path, ctx: StepContext) -> dict[str, Any]:
+        """Write ``ctx.output_dir / self.name`` from ``source``; return its chain entry
+        (at least ``method`` and ``settings``)."""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls()
+    return cls
