@@ -35,6 +35,7 @@ format: install
 bench: install
 	$(BIN)/python bench/train_throughput.py
 	cd bench && ../$(BIN)/python serve_latency.py
+	$(BIN)/python bench/compress.py
 
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info

@@ -291,9 +291,12 @@ def test_token_cls_teacher_is_pruned_and_quantized(ray_cluster, tokenizers, tmp_
         "compress.steps=[prune,quantize]",
         "compress.prune.heads=0.25",
         "compress.prune.neurons=0.25",
+        "compress.prune.recovery_steps=10",  # a short fine-tune of the pruned tagger
     )
     rows = {r["name"]: r for r in summary["rows"]}
     assert rows["prune"]["parameters"] < rows["teacher"]["parameters"]
+    recovery = read_metrics(tmp_path / "out" / "runs" / "prune")
+    assert max(r["step"] for r in recovery) == 10 and any("eval_f1" in r for r in recovery)
     f1 = {name: row["metrics"]["eval_f1"] for name, row in rows.items()}  # entity level
     assert f1["teacher"] >= 0.8
     assert f1["quantize"] >= 0.95 * f1["teacher"], f1
@@ -308,33 +311,41 @@ def test_token_cls_teacher_is_pruned_and_quantized(ray_cluster, tokenizers, tmp_
     assert same / sum(len(w) for w in words) >= 0.95
 
 
-def test_causal_lm_distillation(ray_cluster, corpus, tokenizers, tmp_path):
-    from transformers import AutoModelForCausalLM
+@pytest.mark.parametrize("task", ["clm", "mlm"])
+def test_language_model_distillation(task, ray_cluster, corpus, tokenizers, tmp_path):
+    """A GPT (ZeRO-2) and a BERT MLM (ZeRO-3: the student is partitioned, the teacher is
+    not) distilled to half depth stay close to the teacher's held-out perplexity."""
+    from raylm.models.build import auto_class
 
-    run = tmp_path / "gpt"
+    preset, tok = ("gpt2-tiny", "bpe") if task == "clm" else ("bert-tiny", "wordpiece")
+    run = tmp_path / "teacher"
     raylm.run(
         "pretrain",
         [
             *FAST,
-            "model=gpt2-tiny",
+            f"model={preset}",
+            f"task={task}",
             "model.num_layers=4",
             f"data.train_files=[{corpus['train']}]",
             f"data.eval_files=[{corpus['eval']}]",
-            f"tokenizer.path={tokenizers['bpe']}",
+            f"tokenizer.path={tokenizers[tok]}",
             f"output_dir={run}",
             "trainer.max_steps=60",
             "trainer.eval_every=60",
             "trainer.checkpoint_every=60",
         ],
     )
+    zero = "deepspeed=zero2" if task == "clm" else "deepspeed=zero3"
     summary = compress(
-        run / "model", corpus, tmp_path / "out", "compress.steps=[distill]", "trainer.lr=1e-3"
+        run / "model", corpus, tmp_path / "out", "compress.steps=[distill]", "trainer.lr=1e-3", zero
     )
     teacher_row, student_row = summary["rows"]
-    assert AutoModelForCausalLM.from_pretrained(summary["models"]["distill"]).config.n_layer == 2
-    # Half the depth, and within 15 % of the teacher's perplexity on held-out text.
-    assert (
-        student_row["metrics"]["eval_perplexity"]
-        <= 1.15 * teacher_row["metrics"]["eval_perplexity"]
-    )
+    student = auto_class(task).from_pretrained(summary["models"]["distill"])
+    assert student.config.num_hidden_layers == 2
     assert student_row["parameters"] < teacher_row["parameters"]
+    # Half the depth, and within 15 % of the teacher's perplexity on held-out text.
+    ppl = {
+        name: row["metrics"]["eval_perplexity"]
+        for name, row in zip(("teacher", "student"), summary["rows"], strict=True)
+    }
+    assert ppl["student"] <= 1.15 * ppl["teacher"], ppl

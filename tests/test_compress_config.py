@@ -291,3 +291,38 @@ def test_pruning_drops_the_least_important_units_and_keeps_one_per_layer():
     assert select(scores, 2) == [[0, 2], [0]]  # 0.01 goes, 0.05 must stay (last of its layer)
     assert select(scores, 3) == [[0], [0]]
     assert select(scores, 0) == [[0, 1, 2], [0, 1]]
+
+
+def test_report_checks_each_target_and_says_why_a_size_target_is_missed():
+    from raylm.compress.report import build_report, markdown
+
+    def row(name, params, size, b1, b32, acc, **composition):
+        return {
+            "name": name,
+            "runtime": "onnxruntime" if name == "quantize" else "torch",
+            "parameters": params,
+            "size_bytes": size,
+            "latency_ms": {"1": b1, "32": b32},
+            "throughput_rows_per_s": 32 / b32 * 1000,
+            "metrics": {"eval_accuracy": acc},
+            "composition": composition,
+        }
+
+    rows = [
+        row("teacher", 1000, 4000, 10.0, 100.0, 0.90, embedding_parameters=200),
+        row("distill", 600, 2400, 5.0, 50.0, 0.89, embedding_parameters=200),
+        row("quantize", 600, 1200, 2.0, 20.0, 0.885, int8_weight_bytes=600),
+    ]
+    report = build_report(rows, "seq_cls", "eval_accuracy", "max", 1)
+    checks = {(t["step"], t["what"]): t for t in report["targets"]}
+    assert checks["distill", "metric_retention"]["met"]  # 0.89 / 0.90 = 98.9 %
+    assert checks["distill", "throughput_speedup"]["value"] == pytest.approx(2.0)
+    size = checks["quantize", "size_ratio"]  # 1200 / 2400 = 0.5 > 0.30
+    assert not size["met"] and size["missed_by"] == pytest.approx(0.2)
+    assert size["why"].startswith("50% of the int8 file is not int8 weights")
+    assert checks["quantize", "metric_drop_points"]["value"] == pytest.approx(0.5)
+    assert checks["chain", "latency_speedup_b1"]["value"] == pytest.approx(5.0)
+    assert checks["chain", "size_ratio"]["value"] == pytest.approx(0.3)
+    assert "| quantize: size_ratio vs previous <= 0.3 | 0.5 | missed by 0.2: 50% of" in markdown(
+        report
+    )

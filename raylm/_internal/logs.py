@@ -24,6 +24,11 @@ def quiet_libraries(verbose: bool) -> None:
         return
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Warnings about settings raylm makes on purpose: Ray Data says its progress bars are
+    # off (raylm shows its own), DeepSpeed that its LR scheduler has not stepped yet at
+    # initialize. DeepSpeed sets its logger's level when imported: call this after that.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
     # With transformers.modeling_utils at WARNING, every from_pretrained checks the
     # tensor-parallel plan and warns about layers it would not shard: none are sharded.
     logging.getLogger("transformers.distributed.tensor_parallel").setLevel(logging.ERROR)

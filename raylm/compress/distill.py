@@ -219,7 +219,7 @@ class Distill(Method):
                 "that returns hidden states (not a custom-head one)",
             )
 
-    def training_config(self, source: Path, ctx: StepContext, entry: dict) -> dict[str, Any]:
+    def training_config(self, ctx: StepContext, entry: dict) -> dict[str, Any]:
         """The compress job's config as a training run of the student."""
         s = ctx.settings(self.name)
         run_dir = ctx.run_dir(self.name)
@@ -263,7 +263,7 @@ class Distill(Method):
             "teacher": str(ctx.teacher_dir),
             "student": {**shape, "init": init},
         }
-        c = train_job.prepare(self.training_config(source, ctx, entry))
+        c = train_job.prepare(self.training_config(ctx, entry))
         c["model"]["name"] = f"student of {ctx.teacher_dir}"
         train_job.fit(c)
         return entry

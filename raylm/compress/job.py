@@ -151,10 +151,10 @@ def measure_all(ctx: StepContext, dirs: dict[str, Path]) -> list[dict[str, Any]]
     import ray
 
     from ..train.job import load_documents
-    from .measure import encode_eval_rows, measure_model
+    from .measure import encode_rows, measure_model
 
     docs = load_documents(ctx.c)  # the same seeded eval split fine-tuning held out
-    rows = encode_eval_rows(ctx.c, docs["eval"])
+    rows = encode_rows(ctx.c, docs["eval"])
     remote = ray.remote(num_cpus=ctx.c["compress"]["report"]["threads"])(measure_model)
     out = []
     for name, path in dirs.items():

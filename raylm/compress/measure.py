@@ -25,8 +25,8 @@ from ..tasks import get_task
 INFERENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def encode_eval_rows(c: dict[str, Any], docs) -> dict[str, np.ndarray]:
-    """Eval documents -> the task's training rows (numpy), encoded as training does."""
+def encode_rows(c: dict[str, Any], docs) -> dict[str, np.ndarray]:
+    """Documents -> the task's rows (numpy), encoded as training encodes them."""
     task = get_task(c["task"])
     encode = task.encoder()
     data, tr = c["data"], c["trainer"]
@@ -67,6 +67,28 @@ def count_parameters(model) -> int:
     return sum(
         int(np.prod(t.dims)) for t in graph.initializer if len(t.dims) and np.prod(t.dims) > 1
     )
+
+
+def composition(model) -> dict[str, int]:
+    """What the bytes are: for ONNX, how many are int8 weights; for torch, how many
+    parameters are embeddings (which neither fewer layers nor pruning make smaller)."""
+    if isinstance(model, torch.nn.Module):
+        embedding = sum(
+            p.numel()
+            for m in model.modules()
+            if isinstance(m, torch.nn.Embedding)
+            for p in m.parameters(recurse=False)
+        )
+        return {"embedding_parameters": embedding}
+    import onnx
+
+    graph = onnx.load(model.path, load_external_data=False).graph
+    int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    return {
+        "int8_weight_bytes": sum(
+            int(np.prod(t.dims)) for t in graph.initializer if t.data_type in int8
+        )
+    }
 
 
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,6 +167,7 @@ def measure_model(
         "model_dir": str(model_dir),
         "runtime": artifact.runtime if artifact else "torch",
         "parameters": count_parameters(model),
+        "composition": composition(model),
         "size_bytes": weight_bytes(model_dir),
         "threads": report["threads"],
         "latency_ms": latency,

@@ -205,7 +205,7 @@ class Prune(Method):
 
         from ..models.build import load_init_config
         from ..train import job as train_job
-        from .measure import encode_eval_rows
+        from .measure import encode_rows
 
         s = ctx.settings(self.name)
         config = load_init_config(str(source))
@@ -213,7 +213,7 @@ class Prune(Method):
         c = ctx.c
         docs = train_job.load_documents(copy.deepcopy(c))["train"]
         need = s["importance_batches"] * c["trainer"]["micro_batch_size"]
-        rows = encode_eval_rows(
+        rows = encode_rows(
             {**c, "labels": c["data"]["labels"]}, docs.select(range(min(need, len(docs))))
         )
         resources = {"num_cpus": c["scaling"]["cpus_per_worker"]}

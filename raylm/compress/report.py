@@ -40,6 +40,23 @@ def _ratios(row: dict, base: dict, metric: str, mode: str) -> dict[str, float]:
     return out
 
 
+def why(row: dict[str, Any], what: str) -> str | None:
+    """The measured reason a size target is missed, where the measurement has one."""
+    if what != "size_ratio":
+        return None
+    comp = row.get("composition") or {}
+    if "int8_weight_bytes" in comp:
+        other = 1 - comp["int8_weight_bytes"] / row["size_bytes"]
+        return (
+            f"{other:.0%} of the int8 file is not int8 weights (fp32 biases and LayerNorms, "
+            "quantization scales, the graph)"
+        )
+    if comp.get("embedding_parameters"):
+        share = comp["embedding_parameters"] / row["parameters"]
+        return f"embeddings are {share:.0%} of the parameters; fewer layers and pruning keep them"
+    return None
+
+
 def build_report(
     rows: list[dict[str, Any]], task: str, metric: str, mode: str, threads: int
 ) -> dict[str, Any]:
@@ -68,6 +85,7 @@ def build_report(
                 "value": value,
                 "met": met,
                 "missed_by": None if met else abs(value - threshold),
+                "why": None if met else why(row, what),
             }
         )
     return {
@@ -120,6 +138,8 @@ def markdown(report: dict[str, Any]) -> str:
         out += ["", "| target | value | |", "|---|---:|---|"]
         for t in report["targets"]:
             verdict = "met" if t["met"] else f"missed by {t['missed_by']:.3g}"
+            if t.get("why"):
+                verdict += f": {t['why']}"
             out.append(
                 f"| {t['step']}: {t['what']} vs {t['against']} {t['target']} "
                 f"| {t['value']:.3g} | {verdict} |"

@@ -114,6 +114,8 @@ def track_best(
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    if not cfg["scaling"]["use_gpu"]:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # not detected with a warning
     import deepspeed
     import ray.train
     from ray.train import Checkpoint
