@@ -9,6 +9,7 @@ HTTP endpoint serve it. Adding a task is one module in this package plus its tes
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -41,6 +42,8 @@ class Task(abc.ABC):
     headline_mode: ClassVar[str] = "min"
     # Rows carry a label column (data.label_column); eval scores every row.
     labeled: ClassVar[bool] = False
+    # The loss is a language model's: eval also reports exp(loss) as eval_perplexity.
+    perplexity: ClassVar[bool] = False
     # HTTP endpoint of ``raylm serve`` and the predictor class (module:Class) behind it.
     endpoint: ClassVar[str | None] = None
     predictor: ClassVar[str | None] = None
@@ -56,7 +59,10 @@ class Task(abc.ABC):
         called with ``tokenizer_path``, ``column``, ``seq_len`` and :meth:`encoder_kwargs`."""
 
     def encoder_kwargs(self, c: dict[str, Any]) -> dict[str, Any]:
-        """Keyword arguments of :meth:`encoder` beyond tokenizer, column and seq_len."""
+        """Keyword arguments of :meth:`encoder` beyond tokenizer, column and seq_len:
+        for labeled tasks, the label column and the label list."""
+        if self.labeled:
+            return {"label_column": c["data"]["label_column"], "labels": c["labels"]}
         return {}
 
     def check_tokenizer(self, tokenizer) -> None:  # noqa: B027 (optional hook)
@@ -92,7 +98,7 @@ class Task(abc.ABC):
 
     def loss_metrics(self, mean_loss: float) -> dict[str, float]:
         """Metrics derived from the mean eval loss alone (perplexity for LMs)."""
-        return {}
+        return {"eval_perplexity": math.exp(min(mean_loss, 50.0))} if self.perplexity else {}
 
     def eval_all_rows(self) -> bool:
         """Classification is scored on every eval row; LMs on trainer.eval_batches."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ..config.errors import ConfigError
@@ -23,6 +22,7 @@ class CausalLM(Task):
     families = ("gpt2",)
     metrics = ("eval_loss", "eval_perplexity")
     headline_metric = "eval_perplexity"
+    perplexity = True
     endpoint = "/v1/generate"
     predictor = "raylm.predict.generator:Generator"
     row_unit = "blocks of trainer.seq_len tokens"
@@ -47,6 +47,3 @@ class CausalLM(Task):
         mask = inputs["input_ids"].new_ones(inputs["input_ids"].shape, dtype=bool)
         mask[:, -1] = False
         return mask
-
-    def loss_metrics(self, mean_loss: float) -> dict[str, float]:
-        return {"eval_perplexity": math.exp(min(mean_loss, 50.0))}

@@ -9,7 +9,6 @@ the same ones.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -46,6 +45,7 @@ class MaskedLM(Task):
     families = ("bert",)
     metrics = ("eval_loss", "eval_perplexity")
     headline_metric = "eval_perplexity"
+    perplexity = True
     endpoint = "/v1/fill-mask"
     predictor = "raylm.predict.predictor:FillMasker"
     row_unit = "blocks of trainer.seq_len tokens"
@@ -67,9 +67,6 @@ class MaskedLM(Task):
         return MaskingBatcher(
             tokenizer, trainer["mlm_probability"], trainer["seed"], rank, self.extra_inputs
         )
-
-    def loss_metrics(self, mean_loss: float) -> dict[str, float]:
-        return {"eval_perplexity": math.exp(min(mean_loss, 50.0))}
 
 
 class NspScorer:
@@ -97,6 +94,7 @@ class MaskedLMWithNSP(MaskedLM):
     architectures = ("ForPreTraining",)
     metrics = ("eval_loss", "eval_nsp_accuracy")
     headline_metric = "eval_loss"
+    perplexity = False  # its loss adds next-sentence prediction to the MLM loss
     extra_inputs = ("token_type_ids", "attention_mask", "next_sentence_label")
 
     def encoder(self):
@@ -115,6 +113,3 @@ class MaskedLMWithNSP(MaskedLM):
 
     def scorer(self, labels, device):
         return NspScorer(device)
-
-    def loss_metrics(self, mean_loss: float) -> dict[str, float]:
-        return {}

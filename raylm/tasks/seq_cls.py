@@ -25,9 +25,6 @@ class SequenceClassification(Task):
 
         return encode_classification
 
-    def encoder_kwargs(self, c):
-        return {"label_column": c["data"]["label_column"], "labels": c["labels"]}
-
     def distill_positions(self, inputs):
         return None  # one row of logits per text
 

@@ -29,9 +29,6 @@ class TokenClassification(Task):
 
         return encode_tagging
 
-    def encoder_kwargs(self, c):
-        return {"label_column": c["data"]["label_column"], "labels": c["labels"]}
-
     def check_documents(self, ds, c, key) -> None:
         from ..data.tagged import check_lengths
 
