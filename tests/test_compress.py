@@ -298,8 +298,10 @@ def test_token_cls_teacher_is_pruned_and_quantized(ray_cluster, tokenizers, tmp_
     recovery = read_metrics(tmp_path / "out" / "runs" / "prune")
     assert max(r["step"] for r in recovery) == 10 and any("eval_f1" in r for r in recovery)
     f1 = {name: row["metrics"]["eval_f1"] for name, row in rows.items()}  # entity level
-    assert f1["teacher"] >= 0.8
-    assert f1["quantize"] >= 0.95 * f1["teacher"], f1
+    # The pruned tagger still finds entities (a quarter of its heads and neurons gone after
+    # 80 teacher steps, 10 recovery steps: some F1 is lost); int8 loses next to nothing.
+    assert f1["teacher"] >= 0.8 and f1["prune"] >= 0.6, f1
+    assert abs(f1["quantize"] - f1["prune"]) <= 0.02, f1
     words = [json.loads(line)["tokens"] for line in Path(data["eval"]).read_text().splitlines()]
     fp32 = Tagger(summary["models"]["prune"]).tag(words)
     int8 = Tagger(summary["models"]["quantize"]).tag(words)
@@ -349,3 +351,19 @@ def test_language_model_distillation(task, ray_cluster, corpus, tokenizers, tmp_
         for name, row in zip(("teacher", "student"), summary["rows"], strict=True)
     }
     assert ppl["student"] <= 1.15 * ppl["teacher"], ppl
+
+
+def test_resume_keeps_finished_steps_until_an_input_changes(teacher, labeled, tmp_path, capsys):
+    out = tmp_path / "out"
+    steps = "compress.steps=[quantize]"
+    compress(teacher, labeled, out, steps)
+    made = (out / "quantize" / "model.onnx").stat().st_mtime_ns
+    with pytest.raises(raylm.ConfigError, match="set resume=true to reuse its finished steps"):
+        compress(teacher, labeled, out, steps)
+    compress(teacher, labeled, out, steps, "resume=true")
+    assert "quantize: finished earlier, kept" in capsys.readouterr().out
+    assert (out / "quantize" / "model.onnx").stat().st_mtime_ns == made
+    # A training or data key is an input of every step too: changed, the step runs again.
+    compress(teacher, labeled, out, steps, "resume=true", "trainer.seq_len=48")
+    assert "finished earlier" not in capsys.readouterr().out
+    assert (out / "quantize" / "model.onnx").stat().st_mtime_ns != made

@@ -326,3 +326,18 @@ def test_report_checks_each_target_and_says_why_a_size_target_is_missed():
     assert "| quantize: size_ratio vs previous <= 0.3 | 0.5 | missed by 0.2: 50% of" in markdown(
         report
     )
+
+
+def test_a_training_step_resumes_its_checkpoints_only_for_the_same_inputs(dirs, tmp_path):
+    import dataclasses
+
+    def ctx(*overrides):
+        return dataclasses.replace(prepare(dirs, *overrides), output_dir=tmp_path)
+
+    assert not ctx("resume=true").resume_training("distill")  # nothing recorded yet
+    (tmp_path / "runs" / "distill" / "checkpoints").mkdir(parents=True)
+    assert not ctx().resume_training("distill")  # resume=false starts over
+    assert ctx("resume=true").resume_training("distill")
+    # Other training keys or other settings: the checkpoints are of another run.
+    assert not ctx("resume=true", "trainer.lr=1e-5").resume_training("distill")
+    assert not ctx("resume=true", "compress.distill.alpha=0.9").resume_training("distill")

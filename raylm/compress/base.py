@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +33,39 @@ class StepContext:
 
     def settings(self, method: str) -> dict[str, Any]:
         return dict(self.c["compress"].get(method) or {})
+
+    def fingerprint(self) -> str:
+        """A hash of what every step depends on besides its own settings (teacher, data,
+        training keys); resume=true reuses a step only if it is unchanged."""
+        keys = ("task", "model", "data", "tokenizer", "deepspeed", "scaling", "trainer")
+        blob = json.dumps({k: self.c[k] for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resume_training(self, method: str) -> bool:
+        """Whether the method's training run may continue from its checkpoints: only under
+        resume=true and for an interrupted run with the same inputs (recorded here on its
+        first start); otherwise it starts over."""
+        run_dir = self.run_dir(method)
+        record = run_dir / "inputs.json"
+        inputs = {
+            "chain": [(e["method"], e["settings"]) for e in self.chain],
+            "settings": self.settings(method),
+            "fingerprint": self.fingerprint(),
+        }
+        same = record.exists() and json.loads(record.read_text()) == json.loads(json.dumps(inputs))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(inputs))
+        return bool(self.c["resume"] and same and (run_dir / "checkpoints").exists())
+
+    def entry(self, method: str, source: Path, **fields: Any) -> dict[str, Any]:
+        """The start of a step's chain entry: method, settings, source, fingerprint."""
+        return {
+            "method": method,
+            "settings": self.settings(method),
+            "source": str(source),
+            "fingerprint": self.fingerprint(),
+            **fields,
+        }
 
     def run_dir(self, method: str) -> Path:
         """Where a training step keeps its metrics, checkpoints and loss curve."""

@@ -219,7 +219,7 @@ class Distill(Method):
                 "that returns hidden states (not a custom-head one)",
             )
 
-    def training_config(self, ctx: StepContext, entry: dict) -> dict[str, Any]:
+    def training_config(self, ctx: StepContext, entry: dict, resume: bool) -> dict[str, Any]:
         """The compress job's config as a training run of the student."""
         s = ctx.settings(self.name)
         run_dir = ctx.run_dir(self.name)
@@ -227,7 +227,7 @@ class Distill(Method):
         c.update(
             output_dir=str(run_dir),
             export_dir=str(ctx.output_dir / self.name),
-            resume=bool(c["resume"] and (run_dir / "checkpoints").exists()),
+            resume=resume,
             overwrite=True,
             objective={
                 "target": f"{Distillation.__module__}:{Distillation.__name__}",
@@ -252,18 +252,15 @@ class Distill(Method):
 
         shape = student_shape(ctx.teacher_config, ctx.settings(self.name))
         student_init = ctx.run_dir(self.name) / "student_init"
-        if ctx.c["resume"] and student_init.exists():
+        resume = ctx.resume_training(self.name)
+        if resume and student_init.exists():
             init = {"from": "an earlier run's student_init"}
         else:
             init = build_student(source, ctx.task, shape, student_init)
-        entry = {
-            "method": self.name,
-            "settings": ctx.settings(self.name),
-            "source": str(source),
-            "teacher": str(ctx.teacher_dir),
-            "student": {**shape, "init": init},
-        }
-        c = train_job.prepare(self.training_config(ctx, entry))
+        entry = ctx.entry(
+            self.name, source, teacher=str(ctx.teacher_dir), student={**shape, "init": init}
+        )
+        c = train_job.prepare(self.training_config(ctx, entry, resume))
         c["model"]["name"] = f"student of {ctx.teacher_dir}"
         train_job.fit(c)
         return entry

@@ -134,16 +134,17 @@ def check_output_dir(ctx: StepContext) -> None:
 
 
 def _finished(ctx: StepContext, name: str) -> bool:
-    """With resume=true: the step's artifact exists, from the same chain and settings."""
+    """With resume=true: the step's artifact exists and was made by the same chain of
+    methods with the same settings, from the same teacher, data and training keys."""
     artifact = Artifact.read(ctx.output_dir / name) if ctx.c["resume"] else None
     if artifact is None or not artifact.compression:
         return False
-    chain = artifact.compression["chain"]
-    prior = [(e["method"], e["settings"]) for e in ctx.chain]
-    return [(e["method"], e["settings"]) for e in chain] == [
-        *prior,
-        (name, ctx.settings(name)),
-    ]
+
+    def key(e: dict) -> tuple:
+        return e["method"], e["settings"], e.get("fingerprint")
+
+    wanted = [*map(key, ctx.chain), (name, ctx.settings(name), ctx.fingerprint())]
+    return list(map(key, artifact.compression["chain"])) == wanted
 
 
 def measure_all(ctx: StepContext, dirs: dict[str, Path]) -> list[dict[str, Any]]:
@@ -174,14 +175,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     init_ray(c)
     dirs = {"teacher": ctx.teacher_dir}
     source = ctx.teacher_dir
+    rerun = False  # once a step runs again, every later one does: its input changed
     for name in c["compress"]["steps"]:
         method = METHODS[name]
-        if _finished(ctx, name):
+        if not rerun and _finished(ctx, name):
             print(f"\n== {name}: finished earlier, kept ({ctx.output_dir / name})")
             entry = Artifact.read(ctx.output_dir / name).compression["chain"][-1]
         else:
             print(f"\n== {name} {ctx.settings(name)}", flush=True)
             entry = method.apply(source, ctx)
+            rerun = True
         ctx.chain.append(entry)
         source = dirs[name] = ctx.output_dir / name
     print("\n== report", flush=True)

@@ -224,12 +224,7 @@ class Prune(Method):
         )
         keep_heads = select([h for h, _ in scores], n_heads)
         keep_neurons = select([n for _, n in scores], n_neurons)
-        entry: dict[str, Any] = {
-            "method": self.name,
-            "settings": s,
-            "source": str(source),
-            "removed": {"heads": n_heads, "neurons": n_neurons},
-        }
+        entry = ctx.entry(self.name, source, removed={"heads": n_heads, "neurons": n_neurons})
         load = f"transformers.{ctx.task.auto_class}.from_pretrained(dir) after `import raylm`"
         out = ctx.output_dir / self.name
         if not s["recovery_steps"]:
@@ -246,7 +241,7 @@ class Prune(Method):
         rc.update(
             output_dir=str(run_dir),
             export_dir=str(out),
-            resume=bool(c["resume"] and (run_dir / "checkpoints").exists()),
+            resume=ctx.resume_training(self.name),
             overwrite=True,
             compression={"chain": [*ctx.chain, entry], "load": load},
         )

@@ -133,8 +133,7 @@ class Quantize(Method):
 
         from ..models.runtime import load_for_inference
 
-        settings = ctx.settings(self.name)
-        dtype = settings["dtype"]
+        dtype = ctx.settings(self.name)["dtype"]
         source_artifact = Artifact.read(source) or Artifact(task=ctx.task.name)
         out = ctx.output_dir / self.name
         with atomic_dir(out) as tmp:
@@ -154,12 +153,7 @@ class Quantize(Method):
                 load = (
                     f"transformers.{ctx.task.auto_class}.from_pretrained(dir) after `import raylm`"
                 )
-            entry = {
-                "method": self.name,
-                "settings": settings,
-                "source": str(source),
-                "check": check,
-            }
+            entry = ctx.entry(self.name, source, check=check)
             source_artifact.replace(
                 runtime=runtime,
                 export_check=None,
