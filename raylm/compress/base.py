@@ -10,6 +10,7 @@ way for the report, so a new method is one class in one module of this package.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import hashlib
 import json
@@ -56,6 +57,44 @@ class StepContext:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(inputs))
         return bool(self.c["resume"] and same and (run_dir / "checkpoints").exists())
+
+    def load_hint(self) -> str:
+        """How to load a torch artifact of this task, recorded in raylm.json."""
+        return f"transformers.{self.task.auto_class}.from_pretrained(dir) after `import raylm`"
+
+    def train(
+        self,
+        method: str,
+        init_dir: Path,
+        entry: dict[str, Any],
+        name: str,
+        resume: bool,
+        objective: dict[str, Any] | None = None,
+        trainer: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Fine-tune ``init_dir`` on the ordinary Ray Train + DeepSpeed loop with the job's
+        data and training keys (``trainer`` overrides some), keeping the run in
+        ``run_dir(method)`` and exporting, verified, to ``output_dir/method`` with the chain
+        so far plus ``entry``. Returns the training summary."""
+        from ..train import job as train_job
+
+        c = copy.deepcopy(self.c)
+        for key in ("labels", "tokenizer_path"):  # derived again by prepare()
+            c.pop(key, None)
+        c.update(
+            output_dir=str(self.run_dir(method)),
+            export_dir=str(self.output_dir / method),
+            resume=resume,
+            overwrite=True,
+            compression={"chain": [*self.chain, entry], "load": self.load_hint()},
+        )
+        if objective:
+            c["objective"] = objective
+        c["trainer"].update(trainer or {})
+        c["model"]["init_from"] = c["tokenizer"]["path"] = str(init_dir)
+        prepared = train_job.prepare(c)
+        prepared["model"]["name"] = name
+        return train_job.fit(prepared)
 
     def entry(self, method: str, source: Path, **fields: Any) -> dict[str, Any]:
         """The start of a step's chain entry: method, settings, source, fingerprint."""

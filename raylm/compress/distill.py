@@ -219,38 +219,9 @@ class Distill(Method):
                 "that returns hidden states (not a custom-head one)",
             )
 
-    def training_config(self, ctx: StepContext, entry: dict, resume: bool) -> dict[str, Any]:
-        """The compress job's config as a training run of the student."""
-        s = ctx.settings(self.name)
-        run_dir = ctx.run_dir(self.name)
-        c = copy.deepcopy(ctx.c)
-        c.update(
-            output_dir=str(run_dir),
-            export_dir=str(ctx.output_dir / self.name),
-            resume=resume,
-            overwrite=True,
-            objective={
-                "target": f"{Distillation.__module__}:{Distillation.__name__}",
-                "teacher_dir": str(ctx.teacher_dir),
-                "alpha": s["alpha"],
-                "temperature": s["temperature"],
-                "cosine_weight": s["cosine_weight"],
-                "precision": c["trainer"]["precision"],
-            },
-            compression={
-                "chain": [*ctx.chain, entry],
-                "load": f"transformers.{ctx.task.auto_class}.from_pretrained(dir)",
-            },
-        )
-        c["model"]["init_from"] = c["tokenizer"]["path"] = str(run_dir / "student_init")
-        for key in ("labels", "tokenizer_path"):
-            c.pop(key, None)
-        return c
-
     def apply(self, source: Path, ctx: StepContext) -> dict[str, Any]:
-        from ..train import job as train_job
-
-        shape = student_shape(ctx.teacher_config, ctx.settings(self.name))
+        s = ctx.settings(self.name)
+        shape = student_shape(ctx.teacher_config, s)
         student_init = ctx.run_dir(self.name) / "student_init"
         resume = ctx.resume_training(self.name)
         if resume and student_init.exists():
@@ -260,7 +231,20 @@ class Distill(Method):
         entry = ctx.entry(
             self.name, source, teacher=str(ctx.teacher_dir), student={**shape, "init": init}
         )
-        c = train_job.prepare(self.training_config(ctx, entry, resume))
-        c["model"]["name"] = f"student of {ctx.teacher_dir}"
-        train_job.fit(c)
+        objective = {
+            "target": f"{Distillation.__module__}:{Distillation.__name__}",
+            "teacher_dir": str(ctx.teacher_dir),
+            "alpha": s["alpha"],
+            "temperature": s["temperature"],
+            "cosine_weight": s["cosine_weight"],
+            "precision": ctx.c["trainer"]["precision"],
+        }
+        ctx.train(
+            self.name,
+            student_init,
+            entry,
+            f"student of {ctx.teacher_dir}",
+            resume,
+            objective=objective,
+        )
         return entry

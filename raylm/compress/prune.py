@@ -124,14 +124,11 @@ def select(scores: list[list[float]], remove: int) -> list[list[int]]:
     ]
 
 
-def prune_model(source: Path, task_name: str, keep_heads, keep_neurons, out: Path) -> dict:
-    """Surgery on ``source``, saved to ``out`` as a pruned architecture and checked: the
-    reloaded model must give the pruned model's logits."""
-    from transformers import AutoTokenizer
-
+def surgery(source: Path, task_name: str, keep_heads, keep_neurons) -> tuple[Any, dict]:
+    """``source`` with only the kept heads and neurons, as a pruned architecture, and the
+    shapes and parameter counts that record it."""
     from ..models.build import auto_class
     from ..models.pruned import layers, prune_layer, pruned_class_for, pruned_config
-    from ..train.export import probe_inputs
 
     model = auto_class(task_name).from_pretrained(str(source)).eval()
     before = sum(p.numel() for p in model.parameters())
@@ -142,7 +139,25 @@ def prune_model(source: Path, task_name: str, keep_heads, keep_neurons, out: Pat
     )
     pruned = pruned_class_for(model)(config).eval()
     pruned.load_state_dict(model.state_dict())
-    probe = probe_inputs(config.vocab_size, 32)
+    return pruned, {
+        "parameters_before": before,
+        "parameters_after": sum(p.numel() for p in pruned.parameters()),
+        "layer_heads": config.layer_heads,
+        "layer_intermediate": config.layer_intermediate,
+    }
+
+
+def save_pruned(
+    pruned, source: Path, task_name: str, out: Path, compression: dict[str, Any] | None = None
+) -> None:
+    """Save to ``out`` and check that the reloaded model gives the pruned model's logits;
+    raylm.json (with ``compression``) is written before the directory is renamed in."""
+    from transformers import AutoTokenizer
+
+    from ..models.build import auto_class
+    from ..train.export import probe_inputs
+
+    probe = probe_inputs(pruned.config.vocab_size, 32)
     with torch.inference_mode():
         want = pruned(input_ids=probe).logits.float()
     with atomic_dir(out) as tmp:
@@ -154,13 +169,9 @@ def prune_model(source: Path, task_name: str, keep_heads, keep_neurons, out: Pat
         if diff > 1e-4:
             raise RuntimeError(f"pruned model reloads with logits off by {diff:.3g}")
         artifact = Artifact.read(source) or Artifact(task=task_name)
-        artifact.replace(export_check={"max_abs_logit_diff": diff, "atol": 1e-4}).write(tmp)
-    return {
-        "parameters_before": before,
-        "parameters_after": sum(p.numel() for p in pruned.parameters()),
-        "layer_heads": config.layer_heads,
-        "layer_intermediate": config.layer_intermediate,
-    }
+        artifact.replace(
+            export_check={"max_abs_logit_diff": diff, "atol": 1e-4}, compression=compression
+        ).write(tmp)
 
 
 @register_method
@@ -211,11 +222,10 @@ class Prune(Method):
         config = load_init_config(str(source))
         n_heads, n_neurons = self.counts(ctx, config)
         c = ctx.c
-        docs = train_job.load_documents(copy.deepcopy(c))["train"]
+        loaded = copy.deepcopy(c)  # load_documents resolves the labels into it
+        docs = train_job.load_documents(loaded)["train"]
         need = s["importance_batches"] * c["trainer"]["micro_batch_size"]
-        rows = encode_rows(
-            {**c, "labels": c["data"]["labels"]}, docs.select(range(min(need, len(docs))))
-        )
+        rows = encode_rows(loaded, docs.select(range(min(need, len(docs)))))
         resources = {"num_cpus": c["scaling"]["cpus_per_worker"]}
         if c["scaling"]["use_gpu"]:
             resources["num_gpus"] = c["scaling"]["gpus_per_worker"]
@@ -225,33 +235,19 @@ class Prune(Method):
         keep_heads = select([h for h, _ in scores], n_heads)
         keep_neurons = select([n for _, n in scores], n_neurons)
         entry = ctx.entry(self.name, source, removed={"heads": n_heads, "neurons": n_neurons})
-        load = f"transformers.{ctx.task.auto_class}.from_pretrained(dir) after `import raylm`"
-        out = ctx.output_dir / self.name
+        pruned, entry["pruned"] = surgery(source, ctx.task.name, keep_heads, keep_neurons)
         if not s["recovery_steps"]:
-            shapes = prune_model(source, ctx.task.name, keep_heads, keep_neurons, out)
-            entry["pruned"] = shapes
-            artifact = Artifact.read(out)
-            artifact.replace(compression={"chain": [*ctx.chain, entry], "load": load}).write(out)
+            compression = {"chain": [*ctx.chain, entry], "load": ctx.load_hint()}
+            save_pruned(pruned, source, ctx.task.name, ctx.output_dir / self.name, compression)
             return entry
-        run_dir = ctx.run_dir(self.name)
-        entry["pruned"] = prune_model(
-            source, ctx.task.name, keep_heads, keep_neurons, run_dir / "pruned"
+        pruned_dir = ctx.run_dir(self.name) / "pruned"
+        save_pruned(pruned, source, ctx.task.name, pruned_dir)
+        ctx.train(
+            self.name,
+            pruned_dir,
+            entry,
+            f"pruned {source}",
+            ctx.resume_training(self.name),
+            trainer={"max_steps": s["recovery_steps"], "epochs": None},
         )
-        rc = copy.deepcopy(c)
-        rc.update(
-            output_dir=str(run_dir),
-            export_dir=str(out),
-            resume=ctx.resume_training(self.name),
-            overwrite=True,
-            compression={"chain": [*ctx.chain, entry], "load": load},
-        )
-        rc["model"]["init_from"] = str(run_dir / "pruned")
-        rc["tokenizer"]["path"] = str(run_dir / "pruned")
-        rc["trainer"]["max_steps"] = s["recovery_steps"]
-        rc["trainer"]["epochs"] = None
-        for key in ("labels", "tokenizer_path"):
-            rc.pop(key, None)
-        prepared = train_job.prepare(rc)
-        prepared["model"]["name"] = f"pruned {source}"
-        train_job.fit(prepared)
         return entry

@@ -150,9 +150,7 @@ class Quantize(Method):
                 model.save_pretrained(str(tmp), safe_serialization=True)
                 check = {"dtype": str(DTYPES[dtype])}
                 runtime = "torch"
-                load = (
-                    f"transformers.{ctx.task.auto_class}.from_pretrained(dir) after `import raylm`"
-                )
+                load = ctx.load_hint()
             entry = ctx.entry(self.name, source, check=check)
             source_artifact.replace(
                 runtime=runtime,
