@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "raylm.compress.job:run",
         "distill, prune and quantize a model, with a report of what each step cost and bought",
     ),
+    "sweep": (
+        "raylm.tune.job:run",
+        "sweep a pretrain, finetune or compress command with Ray Tune (ASHA, PBT, Optuna, ...)",
+    ),
     "predict": (
         "raylm.predict.job:run",
         "label or tag every row of a file with a fine-tuned model (Ray Data, actor pool)",
@@ -55,6 +59,10 @@ def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
+    if command == "sweep":
+        from .tune.space import split_command_line
+
+        overrides = split_command_line(list(overrides))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name=command, overrides=list(overrides))

@@ -82,7 +82,14 @@ def main(argv: list[str] | None = None) -> None:
             run(cfg)
         except ConfigError as exc:
             _fail(command, str(exc))
+        except KeyboardInterrupt:
+            print(f"raylm {command}: interrupted", file=sys.stderr)
+            sys.exit(130)
 
+    if command == "sweep":
+        from .tune.space import split_command_line
+
+        rest = split_command_line(rest)  # the base command's keys travel in extra_overrides
     sys.argv = [f"raylm-{command}", *rest]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)(task)()
 

@@ -12,8 +12,11 @@ from typing import Any
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
-def init_ray(c: dict[str, Any]) -> None:
-    """``ray.init`` once per process from a command's ``ray`` config section."""
+def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
+    """``ray.init`` once per process from a command's ``ray`` config section.
+
+    ``log_to_driver=False`` (a sweep) keeps workers' output in Ray's logs: each trial has
+    its own log file and the console shows the sweep's table."""
     import ray
 
     if ray.is_initialized():
@@ -23,6 +26,8 @@ def init_ray(c: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)  # the embedded cluster's workers inherit it
     runtime_env = {"env_vars": WORKER_ENV}
     if c["ray"]["address"]:
-        ray.init(address=c["ray"]["address"], log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=c["ray"]["address"], log_to_driver=log_to_driver, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=c["ray"]["num_cpus"], runtime_env=runtime_env)
+        ray.init(
+            num_cpus=c["ray"]["num_cpus"], log_to_driver=log_to_driver, runtime_env=runtime_env
+        )

@@ -298,6 +298,63 @@ class ServeJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+@dataclass
+class SearchConfig:
+    """``search``: what a sweep varies, how trials are chosen and which are stopped early.
+
+    The group (conf/search/<name>.yaml) picks the algorithm; every key below can be set
+    on the command line as ``search.<key>=...``.
+    """
+
+    # asha | pbt | optuna | random | grid (the conf/search option sets it).
+    name: str = "random"
+    # The space, in Hydra's sweeper grammar: {trainer.lr: "tag(log, interval(1e-5, 1e-3))",
+    # trainer.micro_batch_size: "choice(8, 16)", model: "choice(bert-tiny, bert-small)"}.
+    params: dict[str, Any] = field(default_factory=dict)
+    # None: the base command's trainer.metric and trainer.metric_mode (eval_loss / min
+    # when it has none). optuna also takes lists: metric=[eval_accuracy, latency_ms]
+    # mode=[max, min] returns the Pareto front.
+    metric: Any = None
+    mode: Any = None
+    # Trials to sample (grid: how many times the whole grid is repeated).
+    num_samples: int = 4
+    # None: as many as the cluster's CPUs (GPUs) hold one trial's workers.
+    max_concurrent_trials: int | None = None
+    # Times a failed trial is restarted (from its last checkpoint) before it counts as failed.
+    max_failures: int = 1
+    seed: int = 0
+    # asha: steps every trial runs before it can be stopped (None: trainer.eval_every), and
+    # the fraction 1/reduction_factor of trials kept at each rung.
+    grace_period: int | None = None
+    reduction_factor: float = 2.0
+    # pbt: steps between exploit/explore rounds (None: trainer.eval_every); the bottom
+    # quantile_fraction of trials copies a top trial's checkpoint, then perturbs each
+    # continuous value by x0.8 or x1.2 or (with resample_probability) redraws it.
+    perturbation_interval: int | None = None
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
+    # Stop every trial after this many seconds (None: no limit).
+    time_budget_s: float | None = None
+
+
+@dataclass
+class SweepJobConfig:
+    """``raylm sweep``: Ray Tune over whole ``raylm pretrain / finetune / compress`` runs."""
+
+    # The command each trial runs.
+    base: str = "finetune"
+    # The base command's own overrides (the CLI puts every key the sweep does not own here).
+    base_overrides: list[str] = field(default_factory=list)
+    # Set by the command line: its key=value items the sweep does not own (appended to
+    # base_overrides, so a sweep YAML's base_overrides and the command line add up).
+    extra_overrides: list[str] = field(default_factory=list)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    output_dir: str = MISSING
+    resume: bool = False
+    overwrite: bool = False
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
 SCHEMAS: dict[str, type] = {
     "tokenizer": TokenizerJobConfig,
     "pretrain": PretrainJobConfig,
@@ -305,6 +362,7 @@ SCHEMAS: dict[str, type] = {
     "compress": CompressJobConfig,
     "predict": PredictJobConfig,
     "serve": ServeJobConfig,
+    "sweep": SweepJobConfig,
 }
 
 

@@ -215,8 +215,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return fit(prepare(cfg))
 
 
-def fit(c: dict[str, Any]) -> dict[str, Any]:
-    """Run a prepared config (:func:`prepare`) on Ray Train, export, plot; the summary."""
+def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
+    """Run a prepared config (:func:`prepare`) on Ray Train, export, plot; the summary.
+
+    ``callbacks`` are Ray Train ``UserCallback``s (a sweep trial passes the one that
+    forwards every report to Ray Tune)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -249,6 +252,7 @@ def fit(c: dict[str, Any]) -> dict[str, Any]:
                 num_to_keep=c["trainer"]["keep_checkpoints"]
             ),
             failure_config=ray.train.FailureConfig(max_failures=c["trainer"]["max_failures"]),
+            callbacks=callbacks or [],
             # Without this, each report's whole metrics dict is logged to the console.
             logging_config=ray.train.LoggingConfig(
                 log_level="INFO" if c["ray"]["verbose"] else "WARNING"

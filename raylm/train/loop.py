@@ -113,6 +113,31 @@ def track_best(
     return bool(patience) and state["stale_evals"] >= patience
 
 
+def apply_hyperparameters(engine, tr: dict[str, Any]) -> None:
+    """This run's lr schedule, weight decay and betas over those a loaded checkpoint's
+    optimizer state brought back (DeepSpeed restores each param group's values)."""
+    for i, group in enumerate(engine.optimizer.param_groups):
+        group["betas"] = (tr["beta1"], tr["beta2"])
+        group["weight_decay"] = tr["weight_decay"] if i == 0 else 0.0  # see param_groups
+    sched = engine.lr_scheduler
+    if sched is not None:
+        sched.step(sched.last_batch_iteration)  # re-derive the lr at the same step
+
+
+def weights_checksum(engine, zero_stage: int) -> float | None:
+    """Sum of |w| over the model's state dict, as DeepSpeed saves it (None under ZeRO-3,
+    whose ranks hold only shards): enough to tell which checkpoint a run started from."""
+    if zero_stage >= 3:
+        return None
+    return float(
+        sum(
+            t.detach().double().abs().sum()
+            for t in engine.module.state_dict().values()
+            if t.is_floating_point()
+        )
+    )
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if not cfg["scaling"]["use_gpu"]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # not detected with a warning
@@ -158,18 +183,41 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     }
     best_dir = os.path.join(cfg["output_dir"], "best")
     checkpoint = ray.train.get_checkpoint()
+    restored = None
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(engine, d)
+    elif cfg.get("init_checkpoint"):
+        # Another run's checkpoint (a sweep trial's own last one after a retry or resume,
+        # or under PBT the better trial's it copies): its weights, optimizer and data
+        # position, with this run's hyperparameters. Its best snapshot is not ours to load.
+        state = load_checkpoint(engine, cfg["init_checkpoint"])
+        state.update(best=None, best_step=None, best_metrics={}, stale_evals=0)
+        apply_hyperparameters(engine, tr)
+        restored = {
+            "restored_from": str(cfg["init_checkpoint"]),
+            "restored_step": state["step"],
+            "weights_checksum": weights_checksum(engine, cfg["deepspeed"]["zero_stage"]),
+        }
     log = (
         MetricsLog(cfg["output_dir"], state["step"] if checkpoint else None) if rank == 0 else None
     )
+    if log and restored:
+        log.log(state["step"], restored)
     bar = None
-    if rank == 0:
+    if rank == 0 and cfg.get("progress", True):
         from ray.experimental.tqdm_ray import tqdm
 
         bar = tqdm(total=max_steps, desc=f"{task.name} {cfg['model']['name']}", unit="step")
         bar.update(state["step"])
+
+    if rank == 0 and cfg.get("placement_group_file"):
+        # A sweep trial stopped by its scheduler dies before Ray Train removes this run's
+        # placement group; the sweep's driver removes it by this id (tune.trial).
+        pg_id = ray.get_runtime_context().get_placement_group_id()
+        if pg_id:
+            with open(cfg["placement_group_file"], "w") as f:
+                f.write(pg_id)
 
     train_shard = ray.train.get_dataset_shard(shard_name("train", rank))
     eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None
@@ -179,6 +227,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     zero = torch.zeros((), device=engine.device)
     window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
     last: dict[str, Any] = {}
+    evals: dict[str, Any] = {}  # the latest eval's scores, in every report to Ray
 
     metric, patience = tr["metric"], tr["early_stopping_patience"]
     stop = False
@@ -234,9 +283,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 if log:
                     log.log(step, last)
             paused = time.perf_counter()
+            evaluated = False
             if eval_shard is not None and (step % tr["eval_every"] == 0 or step == max_steps):
                 ev = evaluate(engine, eval_shard, batcher, task, micro, tr["eval_batches"], labels)
                 last.update(ev)
+                evals = {k: v for k, v in ev.items() if isinstance(v, (int, float))}
+                evaluated = True
                 if log:
                     log.log(step, ev)
                 if metric in ev:
@@ -245,12 +297,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     )
             if bar and "loss" in last:
                 bar.set_description(task.progress(last))
+            # Ray sees every eval (a sweep's scheduler judges trials by them) and every
+            # checkpoint; each report carries the latest eval's scores.
+            report = {**last, **evals, "step": step}
             if step % tr["checkpoint_every"] == 0 or step == max_steps:
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
                     save_checkpoint(engine, d, state)
-                    ray.train.report(
-                        {**last, "step": step}, checkpoint=Checkpoint.from_directory(d)
-                    )
+                    ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
+            elif evaluated:
+                ray.train.report(report)
             # Eval and checkpoint time is not training throughput.
             window["t"] += time.perf_counter() - paused
             if step >= max_steps or stop:

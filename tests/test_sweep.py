@@ -1,0 +1,130 @@
+"""raylm sweep on a real local Ray cluster: Ray Tune over whole Ray Train + DeepSpeed runs."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import raylm
+from raylm.data.synthetic import write_labeled
+from raylm.models.artifact import Artifact
+
+pytestmark = pytest.mark.slow
+
+# A trial is a tiny fine-tune: 2 evals a trial (one ASHA rung), seconds on two cores.
+TRIAL = [
+    "trainer.seq_len=64",
+    "trainer.micro_batch_size=8",
+    "trainer.warmup_steps=2",
+    "trainer.log_every=5",
+    "trainer.eval_batches=4",
+    "trainer.max_steps=20",
+    "trainer.eval_every=10",
+    "trainer.checkpoint_every=10",
+    "model.dropout=0.0",
+    "scaling.num_workers=2",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tokenizers, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep-data")
+    return [
+        f"data.train_files=[{write_labeled(d / 'train.jsonl', 400, seed=0)}]",
+        f"data.eval_files=[{write_labeled(d / 'eval.jsonl', 100, seed=1)}]",
+        f"tokenizer.path={tokenizers['wordpiece']}",
+    ]
+
+
+def sweep(out: Path, data: list[str], *extra: str) -> dict:
+    return raylm.run("sweep", ["base=finetune", f"output_dir={out}", *data, *TRIAL, *extra])
+
+
+def trials(out: Path) -> list[dict]:
+    with open(out / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_asha_stops_a_trial_early_and_best_yaml_reruns_the_best(ray_cluster, data, tmp_path):
+    out = tmp_path / "asha"
+    summary = sweep(
+        out,
+        data,
+        "search=asha",
+        "trainer.lr=tag(log, interval(3e-5, 1e-2))",
+        "search.num_samples=4",
+        "search.max_concurrent_trials=1",
+        "search.seed=3",
+    )
+    rows = trials(out)
+    assert len(rows) == 4
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert stopped, rows
+    assert all(int(r["steps"]) < 20 for r in stopped)
+    assert {r["status"] for r in rows} <= {"stopped", "finished"}
+    for name in ("trials.md", "curves.png", "values.png"):
+        assert (out / name).stat().st_size > 0
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    winner = next(r for r in rows if r["trial"] == best["trial"])
+    assert winner["status"] == "finished"
+    assert best["value"] == pytest.approx(float(winner["model eval_accuracy"]))
+    assert Artifact.read(out / "best_model").metrics["eval_accuracy"] == best["value"]
+    assert summary["best"]["trial"] == best["trial"]
+    # The one-line command reruns the winner from scratch to the same score.
+    proc = subprocess.run(
+        shlex.split(best["command"])[1:]
+        and [sys.executable, "-m", "raylm", *shlex.split(best["command"])[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rerun = Artifact.read(out / "rerun" / "model")
+    assert rerun.metrics["eval_accuracy"] == pytest.approx(best["value"], abs=1e-9)
+
+
+def test_grid_covers_the_space_and_applies_a_group_choice(ray_cluster, data, tmp_path):
+    out = tmp_path / "grid"
+    sweep(
+        out,
+        data,
+        "search=grid",
+        "deepspeed=choice(zero1, zero3)",
+        "trainer.lr=choice(2e-3)",
+        "trainer.max_steps=10",
+        "trainer.checkpoint_every=10",
+    )
+    rows = trials(out)
+    assert sorted(r["deepspeed"] for r in rows) == ["zero1", "zero3"]
+    for r in rows:
+        artifact = Artifact.read(out / "trials" / r["trial"] / "model")
+        want = int(r["deepspeed"][-1])
+        assert artifact.config["deepspeed"]["zero_stage"] == want  # the group really applied
+        assert artifact.config["trainer"]["lr"] == 2e-3
+
+
+def test_optuna_proposes_values_inside_the_space(ray_cluster, data, tmp_path):
+    out = tmp_path / "optuna"
+    sweep(
+        out,
+        data,
+        "search=optuna",
+        "search.num_samples=3",
+        "search.max_concurrent_trials=1",
+        "trainer.lr=tag(log, interval(1e-4, 5e-3))",
+        "trainer.micro_batch_size=choice(4, 8)",
+        "trainer.max_steps=10",
+    )
+    rows = trials(out)
+    assert len(rows) == 3 and all(r["status"] == "finished" for r in rows)
+    for r in rows:
+        lr, mb = float(r["trainer.lr"]), int(r["trainer.micro_batch_size"])
+        assert 1e-4 <= lr <= 5e-3 and mb in (4, 8)
+        run = Artifact.read(out / "trials" / r["trial"] / "model").config["trainer"]
+        assert run["lr"] == pytest.approx(lr) and run["micro_batch_size"] == mb
