@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from conftest import read_metrics
 
 import raylm
 from raylm.data.synthetic import write_labeled
@@ -128,3 +131,64 @@ def test_optuna_proposes_values_inside_the_space(ray_cluster, data, tmp_path):
         assert 1e-4 <= lr <= 5e-3 and mb in (4, 8)
         run = Artifact.read(out / "trials" / r["trial"] / "model").config["trainer"]
         assert run["lr"] == pytest.approx(lr) and run["micro_batch_size"] == mb
+
+
+def test_pbt_exploit_loads_the_better_trials_checkpoint_with_perturbed_values(
+    ray_cluster, data, tmp_path
+):
+    """Two trials side by side (one worker each); every 10 steps the worse one copies the
+    better one's DeepSpeed checkpoint and trains on from it with a perturbed lr."""
+    out = tmp_path / "pbt"
+    sweep(
+        out,
+        data,
+        "search=pbt",
+        "search.num_samples=2",
+        "search.max_concurrent_trials=2",
+        "search.quantile_fraction=0.5",
+        "search.resample_probability=0",
+        "trainer.lr=tag(log, interval(1e-5, 3e-3))",
+        "trainer.schedule=constant",
+        "scaling.num_workers=1",
+        "trainer.max_steps=40",
+    )
+    tune_dir = out / "tune"
+    # Exploits: a trial restarted from another trial's checkpoint (a trial PBT pauses and
+    # resumes on its own checkpoint also logs restored_from, with its own trial's path).
+    restores = [
+        (d.name, r)
+        for d in (out / "trials").iterdir()
+        for r in read_metrics(d)
+        if "restored_from" in r and Path(r["restored_from"]).parent.name != d.name
+    ]
+    assert restores, "no exploit happened"
+    for trial, row in restores:
+        source = Path(row["restored_from"])
+        assert source.parent.parent == tune_dir
+        # The weights it started from are the source checkpoint's, bit for bit.
+        states = torch.load(source / "deepspeed" / "mp_rank_00_model_states.pt", weights_only=False)
+        want = sum(
+            float(t.double().abs().sum())
+            for t in states["module"].values()
+            if t.is_floating_point()
+        )
+        assert row["weights_checksum"] == pytest.approx(want, rel=1e-12)
+        # It trains on with its own, perturbed lr (x0.8 or x1.2 the source trial's).
+        history = [
+            json.loads(x) for x in (tune_dir / trial / "result.json").read_text().splitlines()
+        ]
+        after = [h for h in history if h["step"] > row["restored_step"]]
+        new_lr = after[0]["config"]["trainer.lr"]
+        source_hist = [
+            json.loads(x) for x in (source.parent / "result.json").read_text().splitlines()
+        ]
+        source_lr = next(h for h in source_hist if h["step"] == row["restored_step"])["config"][
+            "trainer.lr"
+        ]
+        assert new_lr / source_lr == pytest.approx(0.8) or new_lr / source_lr == pytest.approx(1.2)
+        logged = [
+            r["lr"]
+            for r in read_metrics(out / "trials" / trial)
+            if "lr" in r and r["step"] > row["restored_step"]
+        ]
+        assert logged and logged[0] == pytest.approx(new_lr)
