@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import shlex
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from conftest import read_metrics
 import raylm
 from raylm.data.synthetic import write_labeled
 from raylm.models.artifact import Artifact
+from raylm.tune.results import read_history
 
 pytestmark = pytest.mark.slow
 
@@ -174,14 +174,11 @@ def test_pbt_exploit_loads_the_better_trials_checkpoint_with_perturbed_values(
         )
         assert row["weights_checksum"] == pytest.approx(want, rel=1e-12)
         # It trains on with its own, perturbed lr (x0.8 or x1.2 the source trial's).
-        history = [
-            json.loads(x) for x in (tune_dir / trial / "result.json").read_text().splitlines()
+        after = [
+            h for h in read_history(out / "history", trial) if h["step"] > row["restored_step"]
         ]
-        after = [h for h in history if h["step"] > row["restored_step"]]
         new_lr = after[0]["config"]["trainer.lr"]
-        source_hist = [
-            json.loads(x) for x in (source.parent / "result.json").read_text().splitlines()
-        ]
+        source_hist = read_history(out / "history", source.parent.name)
         source_lr = next(h for h in source_hist if h["step"] == row["restored_step"])["config"][
             "trainer.lr"
         ]
@@ -192,3 +189,7 @@ def test_pbt_exploit_loads_the_better_trials_checkpoint_with_perturbed_values(
             if "lr" in r and r["step"] > row["restored_step"]
         ]
         assert logged and logged[0] == pytest.approx(new_lr)
+    # Every trial's whole history reached the table (Tune's own result.json loses the
+    # reports made between a trial's last sync and its restart).
+    with open(out / "trials.csv") as f:
+        assert [int(r["steps"]) for r in csv.DictReader(f)] == [40, 40]

@@ -22,7 +22,7 @@ from .._internal.logs import quiet_libraries
 from ..config import ConfigError
 from ..tasks import get_task
 from . import algorithms
-from .results import RESULT_FILES, write_results
+from .results import HISTORY_DIR, RESULT_FILES, TrialHistory, write_results
 from .space import Param, flatten, hydra_value, parse_space
 
 BASES = ("pretrain", "finetune", "compress")
@@ -170,6 +170,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "ctx": ctx,
         "output_dir": out,
         "trials_dir": str(out / TRIALS_DIR),
+        "history_dir": str(out / HISTORY_DIR),
         "resume": c["resume"],
         "overwrite": c["overwrite"],
         "ray": c["ray"],
@@ -207,7 +208,7 @@ def check_output_dir(spec: dict[str, Any]) -> None:
                 "it with the same settings, or start a new one with overwrite=true",
             )
         return
-    ours = [out / n for n in (TUNE_DIR, TRIALS_DIR, SWEEP_FILE, *RESULT_FILES)]
+    ours = [out / n for n in (TUNE_DIR, TRIALS_DIR, HISTORY_DIR, SWEEP_FILE, *RESULT_FILES)]
     previous = [p for p in ours if p.exists() or p.is_symlink()]
     if previous and not spec["overwrite"]:
         raise ConfigError(
@@ -257,7 +258,11 @@ def build_tuner(spec: dict[str, Any]):
         storage_path=str(spec["output_dir"]),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if s["name"] != "pbt" else None),
-        callbacks=[table, ReleaseStoppedTrials(spec["trials_dir"])],
+        callbacks=[
+            table,
+            TrialHistory(spec["history_dir"]),
+            ReleaseStoppedTrials(spec["trials_dir"]),
+        ],
         verbose=0,
         log_to_file=True,
     )

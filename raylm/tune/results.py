@@ -7,6 +7,7 @@ metric against each swept value. With two metrics, the Pareto front instead of o
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shlex
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune import Callback
 
 from ..config import ConfigError
 from ..models.artifact import Artifact
-from .space import hydra_value, trial_overrides
+from .space import trial_overrides
 
+HISTORY_DIR = "history"
 RESULT_FILES = (
     "trials.csv",
     "trials.md",
@@ -38,6 +41,34 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+class TrialHistory(Callback):
+    """Driver side: every result Tune receives, one JSON line per report in
+    ``history/<trial>.jsonl`` (appended, so a resumed sweep continues it).
+
+    Tune's own ``result.json`` / ``progress.csv`` are not a whole history: when a trial
+    restarts from a checkpoint (PBT's exploit, a retry, a resume) Tune copies them back
+    from storage as they were at its last sync, dropping the reports made since.
+    """
+
+    def __init__(self, history_dir: str):
+        self.history_dir = history_dir
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = {k: v for k, v in result.items() if _finite(v) and not isinstance(v, bool)}
+        row["config"] = dict(result.get("config") or trial.config)
+        path = Path(self.history_dir) / f"{trial.trial_id}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+
+def read_history(history_dir: str | Path, trial: str) -> list[dict[str, Any]]:
+    path = Path(history_dir) / f"{trial}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def collect(grid, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """One record per trial: its values, history, status and exported model."""
     metrics = spec["metric"] if isinstance(spec["metric"], list) else [spec["metric"]]
@@ -45,8 +76,9 @@ def collect(grid, spec: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for result in grid:
         trial = Path(result.path).name
-        df = result.metrics_dataframe
-        history = [] if df is None else df.to_dict("records")
+        # A step reported twice (a trial PBT paused reruns from its checkpoint): the later.
+        by_step = {h.get("step"): h for h in read_history(spec["history_dir"], trial)}
+        history = sorted(by_step.values(), key=lambda h: h.get("step") or 0)
         model = Path(spec["trials_dir"]) / trial / "model"
         artifact = Artifact.read(model) if (model / "raylm.json").exists() else None
         rec = {
@@ -328,4 +360,11 @@ def _error_line(error: BaseException | None) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}"
 
 
-__all__ = ["RESULT_FILES", "hydra_value", "pareto_front", "write_results"]
+__all__ = [
+    "HISTORY_DIR",
+    "RESULT_FILES",
+    "TrialHistory",
+    "pareto_front",
+    "read_history",
+    "write_results",
+]
