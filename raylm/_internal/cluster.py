@@ -31,3 +31,13 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
         ray.init(
             num_cpus=c["ray"]["num_cpus"], log_to_driver=log_to_driver, runtime_env=runtime_env
         )
+
+
+def remote_task(fn, **resources: Any):
+    """``ray.remote(fn)`` with its own resources, scheduled outside any placement group
+    the caller runs in. A sweep trial runs inside Tune's placement group, which Tune makes
+    capture child tasks; its bundle holds no CPUs, so a captured 1-CPU task could never
+    be scheduled there."""
+    import ray
+
+    return ray.remote(scheduling_strategy="DEFAULT", **resources)(fn)

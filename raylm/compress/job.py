@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._internal.cluster import init_ray
+from .._internal.cluster import init_ray, remote_task
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_training
 from ..models.artifact import Artifact, model_info
@@ -156,7 +156,7 @@ def measure_all(ctx: StepContext, dirs: dict[str, Path]) -> list[dict[str, Any]]
 
     docs = load_documents(ctx.c)  # the same seeded eval split fine-tuning held out
     rows = encode_rows(ctx.c, docs["eval"])
-    remote = ray.remote(num_cpus=ctx.c["compress"]["report"]["threads"])(measure_model)
+    remote = remote_task(measure_model, num_cpus=ctx.c["compress"]["report"]["threads"])
     out = []
     for name, path in dirs.items():
         print(f"measuring {name} ...", flush=True)

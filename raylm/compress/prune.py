@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._internal.cluster import remote_task
 from .._internal.fs import atomic_dir
 from ..config.errors import ConfigError
 from ..models.artifact import Artifact
@@ -230,7 +231,7 @@ class Prune(Method):
         if c["scaling"]["use_gpu"]:
             resources["num_gpus"] = c["scaling"]["gpus_per_worker"]
         scores = ray.get(
-            ray.remote(**resources)(importance).remote(str(source), ctx.task.name, rows, c)
+            remote_task(importance, **resources).remote(str(source), ctx.task.name, rows, c)
         )
         keep_heads = select([h for h, _ in scores], n_heads)
         keep_neurons = select([n for _, n in scores], n_neurons)

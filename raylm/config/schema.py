@@ -322,6 +322,8 @@ class SearchConfig:
     max_concurrent_trials: int | None = None
     # Times a failed trial is restarted (from its last checkpoint) before it counts as failed.
     max_failures: int = 1
+    # Seeds what draws the trials' values (random, grid, asha and pbt's first draws,
+    # Optuna's TPE): the same command samples the same values.
     seed: int = 0
     # asha: steps every trial runs before it can be stopped (None: trainer.eval_every), and
     # the fraction 1/reduction_factor of trials kept at each rung.

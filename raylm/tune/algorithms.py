@@ -43,7 +43,7 @@ def _asha(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
     scheduler = ASHAScheduler(
         time_attr="step", grace_period=grace, reduction_factor=s["reduction_factor"], max_t=max_t
     )
-    return None, scheduler
+    return _draws(s, ctx), scheduler
 
 
 def _pbt(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
@@ -74,7 +74,7 @@ def _pbt(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
         quantile_fraction=s["quantile_fraction"],
         resample_probability=s["resample_probability"],
     )
-    return None, scheduler
+    return _draws(s, ctx), scheduler
 
 
 def _optuna(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
@@ -89,14 +89,25 @@ def _optuna(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
     return searcher, None
 
 
-def _random(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
+def _draws(s: dict[str, Any], ctx: dict[str, Any]):
+    """Independent draws from the space, seeded by ``search.seed`` (Tune's default
+    searcher is unseeded, so the same command would sample other values each time).
+
+    It takes the concurrency limit itself: Tune applies ``max_concurrent_trials`` only to
+    a ``Searcher`` and ignores it, with a log line, for a generator passed in.
+    """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=s["seed"]), None
+    return BasicVariantGenerator(
+        random_state=s["seed"], max_concurrent=ctx.get("max_concurrent") or 0
+    )
+
+
+def _random(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
+    return _draws(s, ctx), None
 
 
 def _grid(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     for p in space:
         if p.kind != "choice":
@@ -104,7 +115,7 @@ def _grid(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
                 f"search.params.{p.key}",
                 f"grid needs finite values: write choice(...) or range(...), not {p.describe()}",
             )
-    return BasicVariantGenerator(random_state=s["seed"]), None
+    return _draws(s, ctx), None
 
 
 ALGORITHMS: dict[str, Callable] = {
@@ -118,7 +129,7 @@ ALGORITHMS: dict[str, Callable] = {
 
 def build(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
     """(searcher or None, scheduler or None) for ``search.name``; ConfigError if the space
-    or the settings do not suit it."""
+    or the settings do not suit it. ``ctx["max_concurrent"]``: trials at once (0: no limit)."""
     if s["name"] not in ALGORITHMS:
         raise ConfigError(
             "search.name", f"unknown {s['name']!r}; choose one of {', '.join(ALGORITHMS)}"

@@ -237,6 +237,12 @@ def max_concurrent(spec: dict[str, Any]) -> int:
     return max(1, int(n))
 
 
+def _is_generator(searcher) -> bool:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return isinstance(searcher, BasicVariantGenerator)
+
+
 def build_tuner(spec: dict[str, Any]):
     from ray import tune
 
@@ -272,7 +278,10 @@ def build_tuner(spec: dict[str, Any]):
         return tune.Tuner.restore(
             str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    searcher, scheduler = algorithms.build(s, spec["space"], spec["ctx"])
+    concurrent = max_concurrent(spec)
+    searcher, scheduler = algorithms.build(
+        s, spec["space"], {**spec["ctx"], "max_concurrent": concurrent}
+    )
     multi = isinstance(spec["metric"], list)
     tune_config = tune.TuneConfig(
         metric=None if multi else spec["metric"],
@@ -280,7 +289,9 @@ def build_tuner(spec: dict[str, Any]):
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=s["num_samples"],
-        max_concurrent_trials=max_concurrent(spec),
+        # A seeded generator of draws limits itself (algorithms._draws); Tune would only
+        # log that it ignores the limit.
+        max_concurrent_trials=None if _is_generator(searcher) else concurrent,
         time_budget_s=s["time_budget_s"],
         reuse_actors=False,  # a stopped trial's actor must exit: its Ray Train run goes with it
         trial_dirname_creator=lambda trial: trial.trial_id,
@@ -289,6 +300,16 @@ def build_tuner(spec: dict[str, Any]):
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
     )
+
+
+def interrupted(trial) -> bool:
+    """A trial the sweep's end cut short. On Ctrl-C Tune saves the experiment (running
+    trials as running, which ``resume=true`` continues) and then marks them terminated;
+    only a trial that ended on its own or by its scheduler has a last result marked done.
+    """
+    if trial.status == "ERROR":
+        return False
+    return trial.status != "TERMINATED" or not (trial.last_result or {}).get("done")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -306,7 +327,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     init_ray({"ray": spec["ray"]}, log_to_driver=verbose)
     grid = build_tuner(spec).fit()
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    unfinished = [t for t in trials if interrupted(t)]
     if unfinished:  # Ctrl-C (SIGINT): Tune saved the experiment and stopped the trials
         print(
             f"sweep interrupted with {len(unfinished)} of {len(trials)} trials unfinished; "
