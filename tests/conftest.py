@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from raylm._internal.cluster import WORKER_ENV
 from raylm.train.metrics import read_metrics as _read_metrics
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # as raylm's own init_ray sets it
+for _key, _value in WORKER_ENV.items():  # as raylm's own init_ray sets them
+    os.environ.setdefault(_key, _value)
 
 # Small enough that a run takes seconds on two cores, large enough that losses fall clearly.
 FAST = [

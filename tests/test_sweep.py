@@ -102,15 +102,20 @@ def test_asha_stops_a_trial_early_and_best_yaml_reruns_the_best(ray_cluster, dat
     assert rerun.metrics["eval_loss"] == pytest.approx(best["value"], abs=1e-9)
 
 
-def test_grid_interrupted_then_resumed_covers_the_space_once(ray_cluster, data, tmp_path):
-    """Ctrl-C mid-sweep, then the same command with resume=true: the finished trial is kept
-    as it was, the interrupted one continues from its last Tune checkpoint, and the grid
-    (a config-group choice, really applied) is covered exactly once."""
+def test_grid_interrupted_then_resumed_covers_the_space_once(
+    ray_cluster, corpus, tokenizers, tmp_path
+):
+    """A pretraining sweep (GPT-style CLM): Ctrl-C mid-sweep, then the same command with
+    resume=true. The finished trial is kept as it was, the interrupted one continues from
+    its last Tune checkpoint, and the grid (a config-group choice, really applied) is
+    covered exactly once."""
     out = tmp_path / "grid"
     args = [
-        "base=finetune",
+        "base=pretrain",
         f"output_dir={out}",
-        *data,
+        f"data.train_files=[{corpus['train']}]",
+        f"data.eval_files=[{corpus['eval']}]",
+        f"tokenizer.path={tokenizers['bpe']}",
         *TRIAL,
         "search=grid",
         "deepspeed=choice(zero1, zero3)",
@@ -160,7 +165,7 @@ def test_grid_interrupted_then_resumed_covers_the_space_once(ray_cluster, data, 
 def test_optuna_proposes_values_inside_the_space_and_retries_a_failed_trial(
     ray_cluster, data, tmp_path
 ):
-    """Three Optuna trials, the first losing a Ray Train worker to SIGKILL once Tune holds a
+    """Two Optuna trials, the first losing a Ray Train worker to SIGKILL once Tune holds a
     checkpoint of it, with trainer.max_failures=0 (Ray Train gives up at once, so the retry
     is Tune's): the trial restarts from that Tune checkpoint and every trial finishes."""
     out = tmp_path / "optuna"
@@ -186,7 +191,7 @@ def test_optuna_proposes_values_inside_the_space_and_retries_a_failed_trial(
         out,
         data,
         "search=optuna",
-        "search.num_samples=3",
+        "search.num_samples=2",
         "search.max_concurrent_trials=1",
         "search.max_failures=1",
         "trainer.max_failures=0",
@@ -197,7 +202,7 @@ def test_optuna_proposes_values_inside_the_space_and_retries_a_failed_trial(
     killer.join()
     assert killed, "no worker was killed"
     rows = trials(out)
-    assert [(r["status"], r["steps"]) for r in rows] == [("finished", "30")] * 3, rows
+    assert [(r["status"], r["steps"]) for r in rows] == [("finished", "30")] * 2, rows
     trial, last_checkpoint = killed[0]
     restored = [r for r in read_metrics(out / "trials" / trial) if "restored_from" in r]
     assert restored and restored[0]["restored_step"] >= last_checkpoint, restored

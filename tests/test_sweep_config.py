@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,13 @@ import pytest
 import raylm
 from raylm.config import ConfigError
 from raylm.data.synthetic import write_labeled
-from raylm.tune.space import hydra_value, parse_param, split_command_line, trial_overrides
+from raylm.tune.space import (
+    hydra_value,
+    last_wins,
+    parse_param,
+    split_command_line,
+    trial_overrides,
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +166,38 @@ def test_command_line_split_and_values_round_trip():
         and hydra_value(None) == "null"
     )
     assert parse_param("x", "range(1, 4)").values == (1, 2, 3)
+
+
+def test_rerun_overrides_keep_each_key_once_where_hydra_takes_it():
+    # The base command's own max_steps, then the sweep's: the rerun command says 40 once.
+    got = last_wins(["trainer.max_steps=20", "~model.x", "trainer.lr=1e-3", "trainer.max_steps=40"])
+    assert got == ["~model.x", "trainer.lr=1e-3", "trainer.max_steps=40"]
+    cfg = raylm.compose("finetune", got[1:])
+    assert cfg.trainer.max_steps == 40
+
+
+def test_hydra_multirun_still_runs_a_plain_grid(corpus, tmp_path):
+    """Hydra's own --multirun (README: when to use which) goes through raylm's CLI: one
+    run per combination, each with its own interpolated output path."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raylm",
+            "tokenizer",
+            "--multirun",
+            "tokenizer.vocab_size=300,500",
+            f"data.train_files=[{corpus['train']}]",
+            f"tokenizer.path={tmp_path}/tok_${{tokenizer.vocab_size}}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sizes = {}
+    for n in (300, 500):
+        vocab = json.loads((tmp_path / f"tok_{n}" / "tokenizer.json").read_text())["model"]["vocab"]
+        sizes[n] = len(vocab)
+    assert sizes[300] <= 300 < sizes[500] <= 500, sizes

@@ -9,7 +9,12 @@ from typing import Any
 # stdout and to its logger (stderr), so each ray.experimental.tqdm_ray state line
 # reaches the driver twice, and the second copy of a bar's "closed" state re-creates
 # the bar: the finished bar is then redrawn above every later line the driver prints.
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+#
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+# default): each report (what a sweep's scheduler judges), and a run's end, waits for the
+# next poll. At 0.5 s a 20-step fine-tune on 2 CPUs went from 32 s to 26 s, command to
+# exit; a poll is one small call per worker. Either is kept if already set.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
@@ -24,7 +29,7 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)  # the embedded cluster's workers inherit it
-    runtime_env = {"env_vars": WORKER_ENV}
+    runtime_env = {"env_vars": {key: os.environ[key] for key in WORKER_ENV}}
     if c["ray"]["address"]:
         ray.init(address=c["ray"]["address"], log_to_driver=log_to_driver, runtime_env=runtime_env)
     else:

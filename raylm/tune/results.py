@@ -19,7 +19,7 @@ from ray.tune import Callback
 
 from ..config import ConfigError
 from ..models.artifact import Artifact
-from .space import trial_overrides
+from .space import last_wins, trial_overrides
 
 HISTORY_DIR = "history"
 RESULT_FILES = (
@@ -291,7 +291,7 @@ def write_results(grid, spec: dict[str, Any]) -> dict[str, Any]:
         )
 
     def entry(r: dict) -> dict[str, Any]:
-        overrides = [*spec["overrides"], *trial_overrides(r["config"], spec["space"])]
+        overrides = last_wins([*spec["overrides"], *trial_overrides(r["config"], spec["space"])])
         return {
             "trial": r["trial"],
             **{m: r[f"model_{m}"] for m in metrics},

@@ -203,6 +203,18 @@ def trial_overrides(config: dict[str, Any], space: list[Param]) -> list[str]:
     ]
 
 
+def last_wins(overrides: list[str]) -> list[str]:
+    """Overrides with each plain ``key=value`` kept once, at its last place (where Hydra
+    would take it from), so a rerun command reads as what it runs."""
+
+    def key(item: str) -> str | None:
+        k = item.split("=", 1)[0] if "=" in item else None
+        return k if k and not k.startswith(("+", "~")) else None
+
+    last = {key(o): i for i, o in enumerate(overrides) if key(o)}
+    return [o for i, o in enumerate(overrides) if key(o) is None or last[key(o)] == i]
+
+
 _SWEEP_CALL = re.compile(r"\s*(choice|range|interval|tag|glob|shuffle|sort)\s*\(")
 
 
