@@ -79,6 +79,12 @@ def test_asha_stops_a_trial_early_and_best_yaml_reruns_the_best(ray_cluster, dat
     assert len(rows) == 3
     stopped = [r for r in rows if r["status"] == "stopped"]
     assert stopped, rows
+    # A stopped trial's Ray Train placement group is released (its controller died with
+    # the trial's actor; see trial.ReleaseStoppedTrials): the cluster's CPUs all come back.
+    deadline = time.time() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 4 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == 4
     assert all(int(r["steps"]) < 40 for r in stopped)
     assert {r["status"] for r in rows} <= {"stopped", "finished"}
     for name in ("trials.md", "curves.png", "values.png"):

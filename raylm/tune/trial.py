@@ -18,7 +18,7 @@ from typing import Any
 from ray.train.v2.api.callback import UserCallback
 from ray.tune import Callback
 
-from .space import Param, trial_overrides
+from .space import trial_overrides
 
 _DONE = "__raylm_trial_done__"
 PLACEMENT_GROUP_FILE = ".placement_group"
@@ -175,16 +175,16 @@ class ReleaseStoppedTrials(Callback):
         self._t = time.monotonic()
         for trial in trials:
             if trial.status != "RUNNING":
-                release(trial_dir({"trials_dir": self.trials_dir}, trial.trial_id))
+                release(Path(self.trials_dir) / trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         # A restarted trial (PBT's exploit, a retry) may have been paused too briefly for
         # on_step_end to see it; its new run writes its own id only seconds from now.
-        release(trial_dir({"trials_dir": self.trials_dir}, trial.trial_id))
+        release(Path(self.trials_dir) / trial.trial_id)
 
     def on_experiment_end(self, trials, **info):
         for trial in trials:
-            release(trial_dir({"trials_dir": self.trials_dir}, trial.trial_id))
+            release(Path(self.trials_dir) / trial.trial_id)
 
 
 def release(out: Path) -> None:
@@ -202,4 +202,4 @@ def release(out: Path) -> None:
     f.unlink(missing_ok=True)
 
 
-__all__ = ["Param", "ReleaseStoppedTrials", "ReportToTune", "run_trial"]
+__all__ = ["ReleaseStoppedTrials", "ReportToTune", "run_trial"]
