@@ -334,3 +334,26 @@ def test_two_objective_compress_sweep_returns_the_pareto_front(data, teacher, tm
         assert (
             f["command"].startswith("raylm compress ") and "compress.prune.heads=" in f["command"]
         )
+
+
+def test_raylms_early_stopping_inside_a_trial(ray_cluster, data, tmp_path):
+    """trainer.early_stopping_patience works inside a trial as in a plain run: the trial
+    ends before max_steps with its best model exported, and the table says so."""
+    out = tmp_path / "early"
+    sweep(
+        out,
+        data,
+        "search=random",
+        "search.num_samples=1",
+        "trainer.lr=choice(3e-3)",
+        "trainer.max_steps=80",
+        "trainer.early_stopping_patience=1",
+        "scaling.num_workers=1",
+    )
+    (row,) = trials(out)
+    assert row["status"] == "early-stopped" and int(row["steps"]) < 80, row
+    model = Artifact.read(out / "trials" / row["trial"] / "model")
+    assert (
+        model.best["early_stopped"]
+        and float(row["model eval_accuracy"]) == model.metrics["eval_accuracy"]
+    )
