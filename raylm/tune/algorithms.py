@@ -86,6 +86,10 @@ def _optuna(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
     # multi-objective TPE (MOTPE), whose trials Optuna ranks by Pareto dominance.
     sampler = optuna.samplers.TPESampler(seed=s["seed"])
     searcher = OptunaSearch(metric=ctx["metric"], mode=ctx["mode"], sampler=sampler)
+    if ctx.get("max_concurrent"):
+        from ray.tune.search import ConcurrencyLimiter
+
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=ctx["max_concurrent"])
     return searcher, None
 
 
@@ -93,8 +97,8 @@ def _draws(s: dict[str, Any], ctx: dict[str, Any]):
     """Independent draws from the space, seeded by ``search.seed`` (Tune's default
     searcher is unseeded, so the same command would sample other values each time).
 
-    It takes the concurrency limit itself: Tune applies ``max_concurrent_trials`` only to
-    a ``Searcher`` and ignores it, with a log line, for a generator passed in.
+    It takes the concurrency limit itself (as every algorithm here does): Tune applies
+    ``max_concurrent_trials`` only to a ``Searcher`` and ignores it for a generator.
     """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -129,7 +133,8 @@ ALGORITHMS: dict[str, Callable] = {
 
 def build(s: dict[str, Any], space: list[Param], ctx: dict[str, Any]):
     """(searcher or None, scheduler or None) for ``search.name``; ConfigError if the space
-    or the settings do not suit it. ``ctx["max_concurrent"]``: trials at once (0: no limit)."""
+    or the settings do not suit it. The searcher limits trials at once to
+    ``ctx["max_concurrent"]`` (absent or 0: no limit)."""
     if s["name"] not in ALGORITHMS:
         raise ConfigError(
             "search.name", f"unknown {s['name']!r}; choose one of {', '.join(ALGORITHMS)}"

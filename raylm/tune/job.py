@@ -237,12 +237,6 @@ def max_concurrent(spec: dict[str, Any]) -> int:
     return max(1, int(n))
 
 
-def _is_generator(searcher) -> bool:
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return isinstance(searcher, BasicVariantGenerator)
-
-
 def build_tuner(spec: dict[str, Any]):
     from ray import tune
 
@@ -289,9 +283,7 @@ def build_tuner(spec: dict[str, Any]):
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=s["num_samples"],
-        # A seeded generator of draws limits itself (algorithms._draws); Tune would only
-        # log that it ignores the limit.
-        max_concurrent_trials=None if _is_generator(searcher) else concurrent,
+        max_concurrent_trials=None,  # the searcher limits itself (algorithms.build)
         time_budget_s=s["time_budget_s"],
         reuse_actors=False,  # a stopped trial's actor must exit: its Ray Train run goes with it
         trial_dirname_creator=lambda trial: trial.trial_id,
