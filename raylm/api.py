@@ -8,48 +8,78 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
 
 from .config import conf_dir, register_configs
 
-# command -> (module:function taking the composed DictConfig, one-line description)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "tokenizer": (
+
+@dataclass(frozen=True)
+class Command:
+    """One raylm command: its driver, its checks, and a line for ``raylm --help``.
+
+    ``check(cfg, files)`` validates a composed config without running anything. With
+    ``files=True`` it also reads what the config points at here (data files, tokenizer,
+    model directories); with ``files=False`` (``raylm submit``: those paths name the
+    cluster's files) it checks the config alone and returns the keys it left unread."""
+
+    run: str
+    check: str
+    description: str
+
+
+COMMANDS: dict[str, Command] = {
+    "tokenizer": Command(
         "raylm.data.tokenizer_job:run",
+        "raylm.data.tokenizer_job:check",
         "train a BPE or WordPiece tokenizer on text files",
     ),
-    "pretrain": (
+    "pretrain": Command(
         "raylm.train.job:run",
+        "raylm.train.job:check",
         "pretrain a GPT-style (clm) or BERT-style (mlm, mlm_nsp) model",
     ),
-    "finetune": (
+    "finetune": Command(
         "raylm.train.job:run",
+        "raylm.train.job:check",
         "fine-tune a model for sequence (seq_cls) or token (token_cls) classification",
     ),
-    "compress": (
+    "compress": Command(
         "raylm.compress.job:run",
+        "raylm.compress.job:check",
         "distill, prune and quantize a model, with a report of what each step cost and bought",
     ),
-    "sweep": (
+    "sweep": Command(
         "raylm.tune.job:run",
+        "raylm.tune.job:check",
         "sweep a pretrain, finetune or compress command with Ray Tune (ASHA, PBT, Optuna, ...)",
     ),
-    "predict": (
+    "predict": Command(
         "raylm.predict.job:run",
+        "raylm.predict.job:check",
         "label or tag every row of a file with a fine-tuned model (Ray Data, actor pool)",
     ),
-    "serve": (
+    "serve": Command(
         "raylm.serve.job:run",
+        "raylm.serve.job:check",
         "serve models over HTTP with Ray Serve (or write the Serve config for serve deploy)",
     ),
 }
 
 
-def command_function(command: str) -> Callable[[DictConfig], Any]:
-    module, func = COMMANDS[command][0].split(":")
+def _load(ref: str) -> Callable:
+    module, func = ref.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def command_function(command: str) -> Callable[[DictConfig], Any]:
+    return _load(COMMANDS[command].run)
+
+
+def check_function(command: str) -> Callable[[DictConfig, bool], list[str]]:
+    return _load(COMMANDS[command].check)
 
 
 def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -66,6 +96,28 @@ def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(config_name=command, overrides=list(overrides))
+
+
+def compose_checked(command: str, overrides: Sequence[str], key: str) -> DictConfig:
+    """:func:`compose`, with Hydra's errors (an unknown key, a malformed override, a
+    wrong type) as one :class:`ConfigError` line naming ``key``."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import ConfigError
+
+    try:
+        return compose(command, overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+        text = "; ".join(x for x in lines if not x.startswith(("full_key", "object_type")))
+        raise ConfigError(key, text) from None
+
+
+def check(command: str, overrides: Sequence[str] = (), files: bool = True) -> list[str]:
+    """Compose and validate a command without running it (``raylm <command> --dry-run``);
+    the keys whose files were left unread (none when ``files``)."""
+    return check_function(command)(compose(command, overrides), files)
 
 
 def run(command: str, overrides: Sequence[str] = ()) -> Any:

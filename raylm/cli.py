@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import sys
 
-from .api import COMMANDS, command_function
+from .api import COMMANDS, check_function, command_function
 from .config import ConfigError, conf_dir, register_configs
 
-USAGE = """usage: raylm <command> [key=value ...] [hydra flags]
+USAGE = """usage: raylm <command> [key=value ...] [--dry-run] [hydra flags]
+       raylm submit [--address URL] [--no-wait] -- <command> [key=value ...]
+       raylm submit jobs/<spec>.yaml [key=value ...]
+       raylm jobs list | status ID | logs ID [--follow] | stop ID
 
 Transformer language models from raw text to a served model on a Ray cluster.
 
@@ -21,12 +24,14 @@ commands:
 
 Each command composes conf/<command>.yaml with Hydra; for its keys and groups run
 `raylm <command> --help`, for the composed config `raylm <command> --cfg job`.
+--dry-run validates everything (files included), prints the resolved config and exits.
+`raylm submit` runs a command on a remote Ray cluster through the Ray Jobs API.
 """
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {cmd.description}" for name, cmd in COMMANDS.items()]
     return USAGE.format(commands="\n".join(lines))
 
 
@@ -63,6 +68,17 @@ def _check_group_choices(command: str, overrides: list[str]) -> None:
             )
 
 
+def _dry_run(command: str):
+    def dry_run(cfg) -> None:
+        from omegaconf import OmegaConf
+
+        check_function(command)(cfg, True)
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        print(f"raylm {command}: dry run: the config is valid; nothing was run")
+
+    return dry_run
+
+
 def main(argv: list[str] | None = None) -> None:
     import hydra
 
@@ -71,11 +87,19 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     command, rest = argv[0], argv[1:]
+    if command in ("submit", "jobs"):
+        from .jobs.cli import main as jobs_main
+
+        sys.exit(jobs_main(command, rest))
     if command not in COMMANDS:
         _fail(command, f"unknown command; choose one of: {', '.join(COMMANDS)}")
     _check_group_choices(command, rest)
     register_configs()
-    run = command_function(command)
+    dry_run = "--dry-run" in rest
+    rest = [a for a in rest if a != "--dry-run"]
+    if dry_run:  # Hydra would otherwise create output_dir and write .hydra/ in it
+        rest += ["hydra.output_subdir=null", "hydra.run.dir=."]
+    run = _dry_run(command) if dry_run else command_function(command)
 
     def task(cfg) -> None:
         try:

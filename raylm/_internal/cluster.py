@@ -33,8 +33,13 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
     if c["ray"]["address"]:
         ray.init(address=c["ray"]["address"], log_to_driver=log_to_driver, runtime_env=runtime_env)
     else:
+        # address="local": a new embedded cluster even when `ray start` runs one here
+        # (ray.init() would join that one, and then refuse num_cpus).
         ray.init(
-            num_cpus=c["ray"]["num_cpus"], log_to_driver=log_to_driver, runtime_env=runtime_env
+            address="local",
+            num_cpus=c["ray"]["num_cpus"],
+            log_to_driver=log_to_driver,
+            runtime_env=runtime_env,
         )
 
 
@@ -46,3 +51,46 @@ def remote_task(fn, **resources: Any):
     import ray
 
     return ray.remote(scheduling_strategy="DEFAULT", **resources)(fn)
+
+
+def check_shared_path(path: str, key: str) -> None:
+    """On a multi-node cluster, refuse a ``path`` that not every node sees.
+
+    Workers on every node write there (checkpoint shards, the best model, the export)
+    and the driver reads it back, so a node-local directory would lose a run's pieces
+    on other machines. The check is real, not a guess from the path's name: the driver
+    writes a marker file and a zero-CPU task on each alive node looks for it. Nodes an
+    autoscaler adds later are not probed."""
+    import uuid
+    from pathlib import Path
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ..config import ConfigError
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    marker = Path(path) / f".raylm-shared-check-{uuid.uuid4().hex[:8]}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("")
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+        refs = [
+            probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(marker))
+            for n in nodes
+        ]
+        seen = ray.get(refs, timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen, strict=True) if not ok]
+    if blind:
+        raise ConfigError(
+            key,
+            f"{path} is local to this node: {len(blind)} of {len(nodes)} nodes of the "
+            f"cluster do not see it (e.g. {blind[0]}); on a multi-node cluster put it on "
+            "storage every node mounts at the same path (NFS, a ReadWriteMany PVC)",
+        )

@@ -15,9 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._internal.cluster import init_ray, remote_task
+from .._internal.cluster import check_shared_path, init_ray, remote_task
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_training
+from ..config.validate import get_key
 from ..models.artifact import Artifact, model_info
 from ..tasks import get_task
 
@@ -117,6 +118,24 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
     return ctx
 
 
+def check(cfg: DictConfig | dict[str, Any], files: bool = True) -> list[str]:
+    """Validate without compressing (see :class:`raylm.api.Command`)."""
+    if files:
+        prepare(cfg)
+        return []
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    if not c["model"]["init_from"]:
+        raise ConfigError("model.init_from", "give the model to compress: model.init_from=DIR")
+    steps = list(c["compress"]["steps"])
+    _check_steps(steps)
+    _check_report(copy.deepcopy(c))
+    if c["task"]:
+        for name in steps:
+            METHODS[name].check_task(c["task"])
+    keys = ["model.init_from", "data.train_files", "data.eval_files"]
+    return [k for k in keys if get_key(c, k)]
+
+
 def check_output_dir(ctx: StepContext) -> None:
     c, out = ctx.c, ctx.output_dir
     ours = [out / name for name in (*METHODS, RUNS, *REPORT_FILES)]
@@ -173,6 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_output_dir(ctx)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     init_ray(c)
+    check_shared_path(str(ctx.output_dir), "output_dir")
     dirs = {"teacher": ctx.teacher_dir}
     source = ctx.teacher_dir
     rerun = False  # once a step runs again, every later one does: its input changed

@@ -260,6 +260,10 @@ class ServeConfig:
     # Write a Ray Serve config file (for `serve deploy` or a RayService's serveConfigV2)
     # here instead of starting anything.
     export: str | None = None
+    # Deploy to the cluster's Serve (ray.address) and return, leaving the application
+    # running there: what a `raylm submit` job or a CI step wants. False: serve until
+    # Ctrl-C, then shut Serve down.
+    detach: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     route_prefix: str = "/"

@@ -21,6 +21,13 @@ SCHEDULES = ("cosine", "linear", "constant")
 DATA_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".parquet")
 
 
+def get_key(cfg: Mapping[str, Any], dotted: str) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``: config keys are named dotted, as in errors."""
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 def _positive(cfg: Mapping[str, Any], section: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         value = cfg[section][key]
@@ -56,7 +63,7 @@ def check_data_files(files: list[str] | None, key: str, required: bool) -> list[
     return out
 
 
-def validate_tokenizer_job(cfg: Mapping[str, Any]) -> None:
+def validate_tokenizer_job(cfg: Mapping[str, Any], files: bool = True) -> None:
     tok = cfg["tokenizer"]
     if tok["type"] not in TOKENIZER_TYPES:
         raise ConfigError(
@@ -64,14 +71,19 @@ def validate_tokenizer_job(cfg: Mapping[str, Any]) -> None:
         )
     if tok["vocab_size"] < 64:
         raise ConfigError("tokenizer.vocab_size", f"must be >= 64, got {tok['vocab_size']}")
-    check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
+    if files:
+        check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
+    elif not cfg["data"]["train_files"]:
+        raise ConfigError("data.train_files", "is empty; give a list of data files")
 
 
-def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
+def validate_training(cfg: Mapping[str, Any], init_config: Any = None, files: bool = True) -> None:
     """Check a composed ``raylm pretrain`` or ``raylm finetune`` config.
 
     ``init_config`` is the transformers config of ``model.init_from``, which the caller
     reads; the tokenizer-dependent check is :func:`check_vocab`, run once it is loaded.
+    ``files=False`` leaves the data files and the tokenizer unread (they are the
+    cluster's: ``raylm submit``).
     """
     from ..tasks import TASKS, get_task
 
@@ -90,7 +102,8 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
                 f"{task!r} does not fit model.init_from={model['init_from']} "
                 f"({init_config.model_type}); allowed: {', '.join(t for t in TASKS if supports_task(init_config, t))}",
             )
-    elif family not in spec.families:
+    elif not model["init_from"] and family not in spec.families:
+        # (init_from set but unread: raylm submit's config-only check; the cluster reads it)
         raise ConfigError(
             "task",
             f"{task!r} does not fit model {model['name']!r} ({family}); "
@@ -213,8 +226,11 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
             "deepspeed.offload_optimizer",
             "optimizer offload needs deepspeed.zero_stage 1, 2 or 3, got 0",
         )
-    check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
-    check_data_files(cfg["data"]["eval_files"], "data.eval_files", required=False)
+    if files:
+        check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
+        check_data_files(cfg["data"]["eval_files"], "data.eval_files", required=False)
+    elif not cfg["data"]["train_files"]:
+        raise ConfigError("data.train_files", "is empty; give a list of data files")
     if not str(cfg["data"]["text_column"]).strip():
         raise ConfigError("data.text_column", "must name a column")
     if spec.labeled:
@@ -227,7 +243,7 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None) -> None:
             )
 
     tok_path = Path(os.path.expanduser(str(cfg["tokenizer"]["path"])))
-    if not model["init_from"] and not (tok_path / "tokenizer.json").exists():
+    if files and not model["init_from"] and not (tok_path / "tokenizer.json").exists():
         raise ConfigError(
             "tokenizer.path",
             f"no tokenizer at {tok_path}; train one with `raylm tokenizer tokenizer.path={tok_path} data.train_files=[...]`",

@@ -12,6 +12,11 @@ from .files import load_text_dataset
 from .tokenizer import batched_texts, save_atomically, train_tokenizer
 
 
+def check(cfg: DictConfig, files: bool = True) -> list[str]:
+    validate_tokenizer_job(OmegaConf.to_container(cfg, resolve=True), files)
+    return [] if files else ["data.train_files"]
+
+
 def run(cfg: DictConfig) -> Path:
     c = OmegaConf.to_container(cfg, resolve=True)
     validate_tokenizer_job(c)

@@ -24,31 +24,39 @@ from .predictor import predictor_class
 FORMATS = (".jsonl", ".csv", ".parquet")
 
 
-def validate_predict(c: dict[str, Any]) -> dict[str, Any]:
-    """Check the config; returns the model's description (:func:`model_info`)."""
+def validate_predict(c: dict[str, Any], files: bool = True) -> dict[str, Any] | None:
+    """Check the config; returns the model's description (:func:`model_info`), or None
+    with ``files=False`` (the model and input are the cluster's, left unread)."""
     from ..tasks import get_task
 
-    info = model_info(c["model_dir"])
-    if not get_task(info["task"]).labeled:
-        raise ConfigError(
-            "model_dir",
-            f"{c['model_dir']} is a {info['task']} model, neither a sequence nor a token "
-            "classifier; fine-tune one with raylm finetune",
-        )
+    info = None
+    if files:
+        info = model_info(c["model_dir"])
+        if not get_task(info["task"]).labeled:
+            raise ConfigError(
+                "model_dir",
+                f"{c['model_dir']} is a {info['task']} model, neither a sequence nor a token "
+                "classifier; fine-tune one with raylm finetune",
+            )
     src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser()
-    if not src.is_file():
+    if files and not src.is_file():
         raise ConfigError("input", f"file not found: {src}")
     for key, path in (("input", src), ("output", dst)):
         if path.suffix.lower() not in FORMATS:
             raise ConfigError(
                 key, f"{path.name}: unsupported file type; allowed: {', '.join(FORMATS)}"
             )
-    if dst.exists() and not c["overwrite"]:
+    if files and dst.exists() and not c["overwrite"]:
         raise ConfigError("output", f"{dst} exists; set overwrite=true to replace it")
     for key in ("batch_size", "num_actors", "cpus_per_actor"):
         if c[key] <= 0:
             raise ConfigError(key, f"must be > 0, got {c[key]}")
     return info
+
+
+def check(cfg: DictConfig, files: bool = True) -> list[str]:
+    validate_predict(OmegaConf.to_container(cfg, resolve=True), files)
+    return [] if files else ["model_dir", "input", "output"]
 
 
 def read_rows(path: Path, text_column: str):

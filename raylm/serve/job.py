@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
+from ..config.validate import get_key
 from ..models.artifact import model_info
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -24,8 +25,9 @@ def _default_name(model_dir: str) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
-def resolve_models(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``model_dir`` and ``serve.models=[name:DIR, ...]`` -> {name: model_info}."""
+def resolve_models(c: dict[str, Any], files: bool = True) -> dict[str, dict[str, Any]]:
+    """``model_dir`` and ``serve.models=[name:DIR, ...]`` -> {name: model_info}; with
+    ``files=False`` the directories are left unread ({name: {"model_dir": DIR}})."""
     models: dict[str, dict[str, Any]] = {}
     entries = [(None, c["model_dir"])] if c["model_dir"] else []
     for item in c["serve"]["models"]:
@@ -44,8 +46,15 @@ def resolve_models(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise ConfigError(key, f"model name {name!r}: use letters, digits, _ . -")
         if name in models:
             raise ConfigError(key, f"model name {name!r} is given twice")
-        models[name] = model_info(path, key)
+        models[name] = model_info(path, key) if files else {"model_dir": path}
     return models
+
+
+def check(cfg: DictConfig, files: bool = True) -> list[str]:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    validate_serve(c)
+    resolve_models(c, files)
+    return [] if files else [k for k in ("model_dir", "serve.models") if get_key(c, k)]
 
 
 def validate_serve(c: dict[str, Any]) -> None:
@@ -69,6 +78,12 @@ def validate_serve(c: dict[str, Any]) -> None:
         )
     if a["target_ongoing_requests"] <= 0:
         raise ConfigError("serve.autoscaling.target_ongoing_requests", "must be > 0")
+    if s["detach"] and not c["ray"]["address"]:
+        raise ConfigError(
+            "serve.detach",
+            "deploys to a running cluster and returns; give ray.address (an embedded "
+            "cluster would stop with this process)",
+        )
     if not str(s["route_prefix"]).startswith("/"):
         raise ConfigError("serve.route_prefix", f"must start with /, got {s['route_prefix']!r}")
     if not 0 < s["port"] < 65536:
@@ -155,8 +170,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     url = start(c, args)
     for name, info in infos.items():
         print(f"{name}: {info['task']} model at {url}{info['endpoint']}")
-    print(f"serving at {url} (API docs: {url}/docs); Ctrl-C stops")
     from ray import serve
+
+    if s["detach"]:
+        print(f"deployed at {url} (API docs: {url}/docs); it keeps running on the cluster")
+        print(f"stop it with `serve shutdown` or `serve delete {s['app_name']}` on the cluster")
+        return {"url": url, "models": args["models"]}
+    print(f"serving at {url} (API docs: {url}/docs); Ctrl-C stops")
 
     try:
         while True:

@@ -16,10 +16,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._internal.cluster import init_ray
+from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_training
-from ..config.validate import check_data_files, check_vocab
+from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import Artifact
 from .metrics import METRICS_FILE, plot_confusion, plot_loss_curve
 
@@ -103,6 +103,24 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         :16
     ]
     return c
+
+
+def file_keys(c: dict[str, Any]) -> list[str]:
+    """The keys of a training config that name files (what a cluster must have)."""
+    keys = ["data.train_files", "data.eval_files", "model.init_from"]
+    if not c["model"]["init_from"]:  # else the model directory carries the tokenizer
+        keys.insert(2, "tokenizer.path")
+    return [k for k in keys if get_key(c, k)]
+
+
+def check(cfg: DictConfig | dict[str, Any], files: bool = True) -> list[str]:
+    """Validate without training (see :class:`raylm.api.Command`)."""
+    if files:
+        prepare(cfg)
+        return []
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    validate_training(c, files=False)
+    return file_keys(c)
 
 
 def check_output_dir(c: dict[str, Any]) -> None:
@@ -229,6 +247,7 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     quiet_libraries(c["ray"]["verbose"])
     check_output_dir(c)
     init_ray(c)
+    check_shared_path(c["output_dir"], "output_dir")
     datasets = build_datasets(c)
     c["max_steps"] = steps_for(c, datasets["train"].count())
     c["has_eval"] = "eval" in datasets

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._internal.cluster import init_ray
+from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
 from ..tasks import get_task
@@ -35,23 +35,20 @@ LOWER_IS_BETTER = ("loss", "perplexity", "latency", "size", "parameters")
 
 
 def compose_base(base: str, overrides: list[str], key: str) -> DictConfig:
-    """The base command's config, as its own CLI would compose it; Hydra's errors (an
-    unknown key, a malformed override, a wrong type) become one line naming ``key``."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    """The base command's config, as its own CLI would compose it."""
+    from ..api import compose_checked
 
-    from ..api import compose
-
-    try:
-        return compose(base, overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
-        text = "; ".join(x for x in lines if not x.startswith(("full_key", "object_type")))
-        raise ConfigError(key, text) from None
+    return compose_checked(base, overrides, key)
 
 
-def validate_base(base: str, cfg: DictConfig) -> dict[str, Any]:
-    """The same validation a plain ``raylm <base>`` run does; its prepared config."""
+def validate_base(base: str, cfg: DictConfig, files: bool = True) -> dict[str, Any]:
+    """The same validation a plain ``raylm <base>`` run does; its prepared config (with
+    ``files=False``, the config checks alone, as ``raylm submit`` does them)."""
+    if not files:
+        from ..api import check_function
+
+        unread = check_function(base)(cfg, False)
+        return {**OmegaConf.to_container(cfg, resolve=True), "unread": unread}
     if base == "compress":
         from ..compress.job import prepare
 
@@ -104,7 +101,9 @@ def objectives(s: dict[str, Any], base: str, c: dict[str, Any]) -> tuple[Any, An
     return metrics, modes
 
 
-def check_candidates(base: str, overrides: list[str], space: list[Param]) -> None:
+def check_candidates(
+    base: str, overrides: list[str], space: list[Param], files: bool = True
+) -> None:
     """Compose and validate the base command with each choice and each interval end, one
     key at a time: a value no trial could run fails here, not an hour into the sweep."""
     for p in space:
@@ -112,15 +111,22 @@ def check_candidates(base: str, overrides: list[str], space: list[Param]) -> Non
             text = hydra_value(value)
             cfg = compose_base(base, [*overrides, f"{p.key}={text}"], f"search.params.{p.key}")
             try:
-                validate_base(base, cfg)
+                validate_base(base, cfg, files)
             except ConfigError as exc:
                 raise ConfigError(
                     f"search.params.{p.key}", f"{p.key}={text} fails: {exc.key}: {exc.message}"
                 ) from None
 
 
-def prepare(cfg: DictConfig) -> dict[str, Any]:
-    """The validated sweep: everything a trial needs, as plain data."""
+def check(cfg: DictConfig, files: bool = True) -> list[str]:
+    """Validate without sweeping (see :class:`raylm.api.Command`)."""
+    spec = prepare(cfg, files)
+    return spec["unread"]
+
+
+def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
+    """The validated sweep: everything a trial needs, as plain data. ``files=False``
+    checks it as ``raylm submit`` does, leaving the base command's files unread."""
     c = OmegaConf.to_container(cfg, resolve=True)
     base = c["base"]
     if base not in BASES:
@@ -136,9 +142,12 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
             )
     placeholder = [*overrides, f"output_dir={out / TRIALS_DIR / 'check'}"]
     base_cfg = compose_base(base, placeholder, "base_overrides")
-    prepared = validate_base(base, base_cfg)
+    prepared = validate_base(base, base_cfg, files)
     space = parse_space(flatten(s["params"]), base_cfg)
-    metric, mode = objectives(s, base, prepared)
+    if not prepared["task"]:  # a compress teacher's task, read on the cluster
+        metric, mode = s["metric"], s["mode"]
+    else:
+        metric, mode = objectives(s, base, prepared)
     for key in ("num_samples", "max_failures"):
         low = 0 if key == "max_failures" else 1
         if s[key] < low:
@@ -155,8 +164,9 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "eval_every": tr["eval_every"],
         "max_steps": tr["max_steps"] if tr["epochs"] is None else None,
     }
-    algorithms.build(s, space, ctx)  # refuses what the algorithm cannot do, before Ray
-    check_candidates(base, placeholder, space)
+    if metric is not None:
+        algorithms.build(s, space, ctx)  # refuses what the algorithm cannot do, before Ray
+    check_candidates(base, placeholder, space, files)
     if s["name"] == "pbt":
         # PBT exploits at evals: a checkpoint must exist at each one.
         overrides = [*overrides, f"trainer.checkpoint_every={tr['eval_every']}"]
@@ -176,6 +186,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "ray": c["ray"],
         "scaling": prepared["scaling"],
         "task": prepared["task"],
+        "unread": prepared.get("unread", []),
     }
 
 
@@ -317,6 +328,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # duplicate the trial table; RAY_AIR_NEW_OUTPUT=0 with verbose=0 silences it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     init_ray({"ray": spec["ray"]}, log_to_driver=verbose)
+    check_shared_path(str(spec["output_dir"]), "output_dir")
     grid = build_tuner(spec).fit()
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
     unfinished = [t for t in trials if interrupted(t)]
