@@ -377,17 +377,28 @@ def test_ctrl_c_detaches_or_stops_and_jobs_stop(token_env, corpus, tokenizers, t
             timeout=120,
         )
 
+    def until_running(proc: subprocess.Popen) -> str:
+        """The submit output up to the job's entrypoint starting on the cluster."""
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("Running entrypoint for job"):
+                return "".join(seen)
+        raise AssertionError(f"the job never started: {''.join(seen)}{proc.stderr.read()}")
+
     master, slave = os.openpty()
     os.write(master, b"y\n")  # waits in the terminal's buffer for the prompt to read it
-    outs = {"detach": tmp_path / "detached", "ask": tmp_path / "asked"}
-    procs = {"detach": start(outs["detach"], subprocess.DEVNULL), "ask": start(outs["ask"], slave)}
-    for name, proc in procs.items():
-        wait_for_step(outs[name], 1, proc=proc)
-    results = {}
+    procs = {
+        "detach": start(tmp_path / "detached", subprocess.DEVNULL),
+        "ask": start(tmp_path / "asked", slave),
+    }
+    early = {name: until_running(proc) for name, proc in procs.items()}
     for proc in procs.values():
         proc.send_signal(signal.SIGINT)
+    results = {}
     for name, proc in procs.items():
-        results[name] = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=120)
+        results[name] = (early[name] + stdout, stderr)
     os.close(slave)
     os.close(master)
 

@@ -25,9 +25,10 @@ def _default_name(model_dir: str) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
-def resolve_models(c: dict[str, Any], files: bool = True) -> dict[str, dict[str, Any]]:
+def resolve_models(c: dict[str, Any], files: bool | None = True) -> dict[str, dict[str, Any]]:
     """``model_dir`` and ``serve.models=[name:DIR, ...]`` -> {name: model_info}; with
-    ``files=False`` the directories are left unread ({name: {"model_dir": DIR}})."""
+    ``files=False`` the directories are left unread ({name: {"model_dir": DIR}}), with
+    ``None`` only those that exist here are read (an export for another machine)."""
     models: dict[str, dict[str, Any]] = {}
     entries = [(None, c["model_dir"])] if c["model_dir"] else []
     for item in c["serve"]["models"]:
@@ -46,7 +47,8 @@ def resolve_models(c: dict[str, Any], files: bool = True) -> dict[str, dict[str,
             raise ConfigError(key, f"model name {name!r}: use letters, digits, _ . -")
         if name in models:
             raise ConfigError(key, f"model name {name!r} is given twice")
-        models[name] = model_info(path, key) if files else {"model_dir": path}
+        read = files or (files is None and Path(path).expanduser().exists())
+        models[name] = model_info(path, key) if read else {"model_dir": path}
     return models
 
 
@@ -156,10 +158,14 @@ def start(c: dict[str, Any], args: dict[str, Any]) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     c = OmegaConf.to_container(cfg, resolve=True)
     validate_serve(c)
-    infos = resolve_models(c)
-    args = app_args(c, infos)
     s = c["serve"]
+    # An export is often for another machine (a RayService): its paths may not exist here.
+    infos = resolve_models(c, None if s["export"] else True)
+    args = app_args(c, infos)
     if s["export"]:
+        unread = [name for name, info in infos.items() if "task" not in info]
+        if unread:
+            print(f"not on this machine, left to the cluster to check: {', '.join(unread)}")
         from .app import serve_config
 
         config = serve_config(args, s["app_name"], s["route_prefix"], s["host"], s["port"])
