@@ -77,22 +77,19 @@ def test_spec_with_unknown_key_is_refused(tmp_path, capsys):
     assert "bad.yaml: runtime: unknown key" in capsys.readouterr().err
 
 
-def test_dry_run_checks_files_and_writes_nothing(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "raylm",
-            "pretrain",
-            "--dry-run",
-            f"output_dir={out}",
-            f"data.train_files=[{tmp_path / 'absent.txt'}]",
-        ],
+def pretrain_dry_run(*overrides: str) -> subprocess.CompletedProcess:
+    """`raylm pretrain --dry-run ...` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "raylm", "pretrain", "--dry-run", *overrides],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_dry_run_checks_files_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = pretrain_dry_run(f"output_dir={out}", f"data.train_files=[{tmp_path / 'absent.txt'}]")
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
@@ -103,20 +100,10 @@ def test_dry_run_checks_files_and_writes_nothing(tmp_path):
 
 def test_dry_run_prints_the_resolved_config(corpus, tokenizers, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "raylm",
-            "pretrain",
-            "--dry-run",
-            f"output_dir={out}",
-            f"data.train_files=[{corpus['train']}]",
-            f"tokenizer.path={tokenizers['bpe']}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = pretrain_dry_run(
+        f"output_dir={out}",
+        f"data.train_files=[{corpus['train']}]",
+        f"tokenizer.path={tokenizers['bpe']}",
     )
     assert proc.returncode == 0, proc.stderr
     assert f"output_dir: {out}" in proc.stdout and "zero_stage: 2" in proc.stdout

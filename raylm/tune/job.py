@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
+from ..api import compose_checked
 from ..config import ConfigError
 from ..tasks import get_task
 from . import algorithms
@@ -32,13 +33,6 @@ SWEEP_FILE = "sweep.json"
 # What a compress trial reports besides its task's metrics (see trial._compress_trial).
 COMPRESS_METRICS = ("latency_ms", "size_mb", "parameters", "throughput_rows_per_s")
 LOWER_IS_BETTER = ("loss", "perplexity", "latency", "size", "parameters")
-
-
-def compose_base(base: str, overrides: list[str], key: str) -> DictConfig:
-    """The base command's config, as its own CLI would compose it."""
-    from ..api import compose_checked
-
-    return compose_checked(base, overrides, key)
 
 
 def validate_base(base: str, cfg: DictConfig, files: bool = True) -> dict[str, Any]:
@@ -109,7 +103,7 @@ def check_candidates(
     for p in space:
         for value in p.candidates():
             text = hydra_value(value)
-            cfg = compose_base(base, [*overrides, f"{p.key}={text}"], f"search.params.{p.key}")
+            cfg = compose_checked(base, [*overrides, f"{p.key}={text}"], f"search.params.{p.key}")
             try:
                 validate_base(base, cfg, files)
             except ConfigError as exc:
@@ -141,7 +135,7 @@ def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
                 key, f"is the sweep's own key here (trials get {out / TRIALS_DIR}/<trial>)"
             )
     placeholder = [*overrides, f"output_dir={out / TRIALS_DIR / 'check'}"]
-    base_cfg = compose_base(base, placeholder, "base_overrides")
+    base_cfg = compose_checked(base, placeholder, "base_overrides")
     prepared = validate_base(base, base_cfg, files)
     space = parse_space(flatten(s["params"]), base_cfg)
     if not prepared["task"]:  # a compress teacher's task, read on the cluster
