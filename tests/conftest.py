@@ -31,7 +31,8 @@ FAST = [
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3):
+    """(``s3`` first: its credentials must be in the environment the workers inherit.)"""
     import ray
 
     # Ray workers inherit this process's environment: with tests/ on their PYTHONPATH they
@@ -43,6 +44,45 @@ def ray_cluster():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API on loopback (moto's server): ``uri(key)`` gives an s3:// URI in its
+    bucket that pyarrow, and so Ray Train, opens. Credentials go through the environment,
+    as they would on a cluster (processes started after this inherit them)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "raylm-test",
+        "AWS_SECRET_ACCESS_KEY": "raylm-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+
+    def uri(key: str) -> str:
+        return f"s3://raylm/{key}?{query}"
+
+    import pyarrow.fs
+
+    fs, _ = pyarrow.fs.FileSystem.from_uri(uri("") + "&allow_bucket_creation=true")
+    fs.create_dir("raylm")
+    yield uri
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,9 @@ import requests
 from conftest import wait_for_step
 from test_fault_tolerance import RUN, assert_same_weights
 
+from raylm._internal.storage import RunDir
 from raylm.jobs.cli import main as jobs_main
+from raylm.models.artifact import Artifact
 
 pytestmark = pytest.mark.slow
 
@@ -101,8 +103,9 @@ class _quiet:
 
 
 @pytest.fixture(scope="module")
-def cluster(corpus, tokenizers):
-    """A head (3 CPUs, dashboard, Jobs API) and a second node (2 CPUs), token auth on."""
+def cluster(corpus, tokenizers, s3):
+    """A head (3 CPUs, dashboard, Jobs API) and a second node (2 CPUs), token auth on;
+    both reach the S3 server of ``s3`` (its credentials are in the environment)."""
     if not can_unshare():
         reason = "two Ray nodes on one host need `unshare --mount` (root) to keep their files apart"
         pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
@@ -154,7 +157,8 @@ def cluster(corpus, tokenizers):
             f"--dashboard-agent-listen-port={free_port()}",
             "--num-cpus=2",
         ],
-        env,
+        # Its temp files (a URI output_dir's mirror) on its own tmpfs, as on another host.
+        {**env, "TMPDIR": str(temp)},
         temp / "node2.log",
         temp,
     )
@@ -193,7 +197,7 @@ def token_env(cluster, monkeypatch):
     return cluster
 
 
-def pretrain_args(corpus, tokenizers, out: Path, *extra: str) -> list[str]:
+def pretrain_args(corpus, tokenizers, out: Path | str, *extra: str) -> list[str]:
     return [
         "pretrain",
         *RUN,
@@ -201,7 +205,7 @@ def pretrain_args(corpus, tokenizers, out: Path, *extra: str) -> list[str]:
         "scaling.placement_strategy=SPREAD",
         f"data.train_files=[{corpus['train']}]",
         f"tokenizer.path={tokenizers['bpe']}",
-        f"output_dir={out}",
+        f"output_dir='{out}'",  # quoted: an S3 URI's ?query holds '='
         *extra,
     ]
 
@@ -231,9 +235,10 @@ def train_workers(cluster) -> list[int]:
 
 
 def test_submit_spreads_a_zero2_run_over_both_nodes(
-    token_env, corpus, tokenizers, tmp_path, capsys
+    token_env, corpus, tokenizers, s3, tmp_path, capsys
 ):
-    cluster, out = token_env, tmp_path / "spread"
+    """output_dir is an S3 URI: nothing but the store is shared by the two nodes."""
+    cluster, uri = token_env, s3("cluster/spread")
     seen: set[int] = set()
     done = threading.Event()
 
@@ -245,7 +250,7 @@ def test_submit_spreads_a_zero2_run_over_both_nodes(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        code = submit(cluster, "--", *pretrain_args(corpus, tokenizers, out))
+        code = submit(cluster, "--", *pretrain_args(corpus, tokenizers, uri))
     finally:
         done.set()
         watcher.join()
@@ -255,7 +260,12 @@ def test_submit_spreads_a_zero2_run_over_both_nodes(
     assert "left to the cluster (its files): data.train_files, tokenizer.path" in text.out
     job_id = next(w for w in text.out.split() if w.startswith("raylm-pretrain-"))
     assert f"/#/jobs/{job_id}" in text.out
-    assert (out / "model" / "model.safetensors").exists()
+    run = RunDir(uri)
+    for name in ("model/raylm.json", "metrics.jsonl", "loss_curve.png", "checkpoints/train"):
+        assert run.exists(name), name
+    out = tmp_path / "spread"  # the model, fetched from the store
+    run.pull("model", into=out / "model")
+    assert Artifact.read(out / "model").step == 30
     assert seen == {cluster["head"].raylet(), cluster["second"].raylet()}, "one worker per node"
 
     # raylm jobs on the finished job
@@ -265,7 +275,7 @@ def test_submit_spreads_a_zero2_run_over_both_nodes(
     assert jobs_main("jobs", ["--address", cluster["address"], "status", job_id]) == 0
     assert capsys.readouterr().out.startswith(f"{job_id}: SUCCEEDED (exit code 0)")
     assert jobs_main("jobs", ["--address", cluster["address"], "logs", job_id]) == 0
-    assert f"exported {out / 'model'}" in capsys.readouterr().out
+    assert f"exported {run.uri('model')}" in capsys.readouterr().out
     token_env["reference"] = out
 
 

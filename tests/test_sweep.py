@@ -65,10 +65,10 @@ def test_asha_stops_a_trial_early_and_best_yaml_reruns_the_best(ray_cluster, dat
         data,
         "search=asha",
         "trainer.lr=tag(log, interval(3e-5, 1e-2))",
-        "search.num_samples=3",
+        "search.num_samples=2",
         "search.max_concurrent_trials=1",
-        "search.seed=9",  # draws lr 4.7e-3, 1.6e-4, 1e-3
-        # by eval loss: at step 20 the first is at 1.09, the others still near ln 4
+        "search.seed=9",  # draws lr 4.7e-3, 1.6e-4
+        # by eval loss: at step 20 the first is at 1.09, the second still near ln 4
         "search.metric=eval_loss",
         "search.mode=min",
         "trainer.max_steps=40",
@@ -76,7 +76,7 @@ def test_asha_stops_a_trial_early_and_best_yaml_reruns_the_best(ray_cluster, dat
         "trainer.checkpoint_every=20",
     )
     rows = trials(out)
-    assert len(rows) == 3
+    assert len(rows) == 2
     stopped = [r for r in rows if r["status"] == "stopped"]
     assert stopped, rows
     # A stopped trial's Ray Train placement group is released (its controller died with
@@ -95,15 +95,11 @@ def test_asha_stops_a_trial_early_and_best_yaml_reruns_the_best(ray_cluster, dat
     assert best["value"] == pytest.approx(float(winner["model eval_loss"]))
     assert Artifact.read(out / "best_model").metrics["eval_loss"] == best["value"]
     assert summary["best"]["trial"] == best["trial"]
-    # The one-line command reruns the winner from scratch to the same score.
-    proc = subprocess.run(
-        shlex.split(best["command"])[1:]
-        and [sys.executable, "-m", "raylm", *shlex.split(best["command"])[1:]],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The one-line command reruns the winner from scratch to the same score (run in this
+    # process, on this cluster: the CLI's parsing of such a line is tested on its own).
+    program, command, *overrides = shlex.split(best["command"])
+    assert (program, command) == ("raylm", "finetune")
+    raylm.run(command, overrides)
     rerun = Artifact.read(out / "rerun" / "model")
     assert rerun.metrics["eval_loss"] == pytest.approx(best["value"], abs=1e-9)
 

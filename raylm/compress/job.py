@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from .._internal.cluster import check_shared_path, init_ray, remote_task
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError, validate_training
-from ..config.validate import get_key
+from ..config.validate import get_key, local_path
 from ..models.artifact import Artifact, model_info
 from ..tasks import get_task
 
@@ -72,6 +72,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     c = copy.deepcopy(c)
+    local_path(c["output_dir"], "output_dir")  # compress writes a directory tree here
     teacher = c["model"]["init_from"]
     if not teacher:
         raise ConfigError("model.init_from", "give the model to compress: model.init_from=DIR")
@@ -101,7 +102,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
         )
     teacher_config = load_init_config(teacher)
     validate_training(c, init_config=teacher_config)
-    out = Path(c["output_dir"]).expanduser().resolve()
+    out = local_path(c["output_dir"], "output_dir").resolve()
     c["output_dir"] = str(out)
     c["tokenizer_path"] = str(Path(teacher).expanduser().resolve())
     ctx = StepContext(
@@ -124,6 +125,7 @@ def check(cfg: DictConfig | dict[str, Any], files: bool = True) -> list[str]:
         prepare(cfg)
         return []
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    local_path(c["output_dir"], "output_dir")
     if not c["model"]["init_from"]:
         raise ConfigError("model.init_from", "give the model to compress: model.init_from=DIR")
     steps = list(c["compress"]["steps"])

@@ -21,6 +21,21 @@ SCHEDULES = ("cosine", "linear", "constant")
 DATA_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".parquet")
 
 
+def local_path(value: Any, key: str) -> Path:
+    """``value`` as a path; a URI is refused by name. Only a training run's output_dir
+    goes through a store (``_internal.storage``): without this, ``s3://b/x`` would
+    quietly become a local directory ``./s3:/b/x``."""
+    from .._internal.storage import is_uri
+
+    if is_uri(value):
+        raise ConfigError(
+            key,
+            f"{value} is a URI; this key takes a path (a shared mount on a multi-node "
+            "cluster). URIs such as s3:// are taken by pretrain and finetune's output_dir",
+        )
+    return Path(os.path.expanduser(str(value)))
+
+
 def get_key(cfg: Mapping[str, Any], dotted: str) -> Any:
     """``cfg["a"]["b"]`` for ``"a.b"``: config keys are named dotted, as in errors."""
     for part in dotted.split("."):
@@ -44,7 +59,7 @@ def check_data_files(files: list[str] | None, key: str, required: bool) -> list[
         return []
     out = []
     for f in files:
-        p = Path(os.path.expanduser(str(f))).resolve()
+        p = local_path(f, key).resolve()
         if not p.exists():
             raise ConfigError(key, f"file not found: {f}")
         if p.is_dir():
@@ -71,6 +86,7 @@ def validate_tokenizer_job(cfg: Mapping[str, Any], files: bool = True) -> None:
         )
     if tok["vocab_size"] < 64:
         raise ConfigError("tokenizer.vocab_size", f"must be >= 64, got {tok['vocab_size']}")
+    local_path(tok["path"], "tokenizer.path")
     if files:
         check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
     elif not cfg["data"]["train_files"]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, validate_tokenizer_job
-from ..config.validate import check_data_files
+from ..config.validate import check_data_files, local_path
 from .files import load_text_dataset
 from .tokenizer import batched_texts, save_atomically, train_tokenizer
 
@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> Path:
     c = OmegaConf.to_container(cfg, resolve=True)
     validate_tokenizer_job(c)
     tc = c["tokenizer"]
-    out = Path(tc["path"]).expanduser()
+    out = local_path(tc["path"], "tokenizer.path")
     if (out / "tokenizer.json").exists() and not c["overwrite"]:
         raise ConfigError(
             "tokenizer.path", f"{out} already holds a tokenizer; set overwrite=true to replace it"

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .._internal.cluster import init_ray
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
+from ..config.validate import local_path
 from ..data.files import BUILDERS
 from ..data.pipeline import to_ray_dataset
 from ..models.artifact import model_info
@@ -30,6 +31,7 @@ def validate_predict(c: dict[str, Any], files: bool = True) -> dict[str, Any] | 
     from ..tasks import get_task
 
     info = None
+    src, dst = local_path(c["input"], "input"), local_path(c["output"], "output")
     if files:
         info = model_info(c["model_dir"])
         if not get_task(info["task"]).labeled:
@@ -38,7 +40,6 @@ def validate_predict(c: dict[str, Any], files: bool = True) -> dict[str, Any] | 
                 f"{c['model_dir']} is a {info['task']} model, neither a sequence nor a token "
                 "classifier; fine-tune one with raylm finetune",
             )
-    src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser()
     if files and not src.is_file():
         raise ConfigError("input", f"file not found: {src}")
     for key, path in (("input", src), ("output", dst)):

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
-from ..config.validate import get_key
+from ..config.validate import get_key, local_path
 from ..models.artifact import model_info
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -61,6 +61,8 @@ def check(cfg: DictConfig, files: bool = True) -> list[str]:
 
 def validate_serve(c: dict[str, Any]) -> None:
     s = c["serve"]
+    if s["export"]:
+        local_path(s["export"], "serve.export")
     for key in ("num_replicas", "threads", "max_ongoing_requests", "batch_size", "max_texts"):
         if s[key] < 1:
             raise ConfigError(f"serve.{key}", f"must be >= 1, got {s[key]}")
@@ -169,7 +171,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from .app import serve_config
 
         config = serve_config(args, s["app_name"], s["route_prefix"], s["host"], s["port"])
-        path = write_config(Path(s["export"]).expanduser().resolve(), config)
+        path = write_config(local_path(s["export"], "serve.export").resolve(), config)
         print(f"Serve config written to {path}; deploy it with `serve deploy {path}`")
         return {"export": str(path), "models": args["models"]}
     quiet_libraries(c["ray"]["verbose"])

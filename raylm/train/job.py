@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
+from .._internal.storage import RunDir, is_uri
 from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
-from ..models.artifact import Artifact
-from .metrics import METRICS_FILE, plot_confusion, plot_loss_curve
+from ..models.artifact import ARTIFACT_FILE, Artifact
+from .metrics import LOSS_CURVE_FILE, METRICS_FILE, plot_confusion, plot_loss_curve
 
 CONFUSION_FILE = "confusion_matrix.png"
 
@@ -87,9 +88,14 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
                 "is initialized and trained from scratch on top of its encoder"
             )
 
-    out = Path(c["output_dir"]).expanduser().resolve()
-    c["output_dir"] = str(out)
-    c.setdefault("export_dir", str(out / "model"))
+    # A URI (s3://, gs://, ...) stays as written: see _internal.storage.
+    if is_uri(c["output_dir"]):
+        RunDir(c["output_dir"])  # opens the URI here, so a malformed one is one line
+        c.setdefault("export_dir", None)  # output_dir/model, through the store
+    else:
+        out = Path(c["output_dir"]).expanduser().resolve()
+        c["output_dir"] = str(out)
+        c.setdefault("export_dir", str(out / "model"))
     c["tokenizer_path"] = tok_src
     c["vocab_size"] = (
         positions_and_vocab(init_config)[1]
@@ -124,10 +130,11 @@ def check(cfg: DictConfig | dict[str, Any], files: bool = True) -> list[str]:
 
 
 def check_output_dir(c: dict[str, Any]) -> None:
-    out = Path(c["output_dir"])
-    previous = (out / "checkpoints" / RUN_NAME).exists() or (out / METRICS_FILE).exists()
+    out = RunDir(c["output_dir"])
+    checkpoints = f"checkpoints/{RUN_NAME}"
+    previous = out.exists(checkpoints) or out.exists(METRICS_FILE)
     if c["resume"]:
-        if not (out / "checkpoints" / RUN_NAME).exists():
+        if not out.exists(checkpoints):
             raise ConfigError(
                 "resume", f"no earlier run in {out} to resume; drop resume=true to start one"
             )
@@ -146,11 +153,7 @@ def check_output_dir(c: dict[str, Any]) -> None:
             "loss_curve.png",
             CONFUSION_FILE,
         ):
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+            out.remove(name)
 
 
 def load_documents(c: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +250,10 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     quiet_libraries(c["ray"]["verbose"])
     check_output_dir(c)
     init_ray(c)
-    check_shared_path(c["output_dir"], "output_dir")
+    if not is_uri(c["output_dir"]):  # a store is every node's by definition
+        check_shared_path(c["output_dir"], "output_dir")
+    # Names this run's node-local mirrors of a URI output_dir (see _internal.storage).
+    c["run_id"] = uuid.uuid4().hex
     datasets = build_datasets(c)
     c["max_steps"] = steps_for(c, datasets["train"].count())
     c["has_eval"] = "eval" in datasets
@@ -266,7 +272,7 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         ),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
-            storage_path=str(Path(c["output_dir"]) / "checkpoints"),
+            **RunDir(c["output_dir"]).storage("checkpoints"),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=c["trainer"]["keep_checkpoints"]
             ),
@@ -280,8 +286,10 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         datasets=split_for_workers(datasets, sc["num_workers"]),
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
+    out = RunDir(c["output_dir"], c["run_id"])
     try:
         result = trainer.fit()
+        return report(c, out, result)
     except Exception as exc:
         # A user mistake only a worker could see (say, model.head importable here but not
         # on the cluster) ends as its one-line ConfigError, not a worker traceback.
@@ -289,27 +297,48 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         if mistake is None:
             raise
         raise mistake from None
-    out, model_dir = Path(c["output_dir"]), Path(c["export_dir"])
-    curve = plot_loss_curve(out)
-    artifact = Artifact.read(model_dir)
+    finally:
+        out.clean_mirror()  # this node's; a failed worker's on another node is in its /tmp
+
+
+def checkpoint_location(out: RunDir, checkpoint) -> str | None:
+    """Where Ray Train put the last checkpoint, as the user wrote the location."""
+    if checkpoint is None:
+        return None
+    if not out.remote:
+        return checkpoint.path
+    return out.uri(Path(checkpoint.path).relative_to(out.path).as_posix())
+
+
+def report(c: dict[str, Any], out: RunDir, result) -> dict[str, Any]:
+    """Plot the loss curve (and confusion matrix) next to the run's metrics; the summary."""
+    model_dir = c["export_dir"] or out.uri("model")
+    curve = plot_loss_curve(out.pull(METRICS_FILE).parent)
+    out.push(LOSS_CURVE_FILE)
+    if out.remote:
+        out.pull(f"model/{ARTIFACT_FILE}")
+    artifact = Artifact.read(out.local / "model" if out.remote else model_dir)
     summary = {
         "output_dir": str(out),
         "model_dir": str(model_dir),
-        "loss_curve": str(curve),
-        "metrics_file": str(out / METRICS_FILE),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "loss_curve": out.uri(LOSS_CURVE_FILE) if out.remote else str(curve),
+        "metrics_file": out.uri(METRICS_FILE),
+        "checkpoint": checkpoint_location(out, result.checkpoint),
         # The exported model's metrics: the best eval under trainer.metric, else the last.
         "metrics": artifact.metrics,
         "best": artifact.best,
     }
     lines = [
         f"model:      {summary['model_dir']} (step {artifact.step})",
-        f"loss curve: {curve}",
+        f"loss curve: {summary['loss_curve']}",
         f"metrics:    {summary['metrics_file']}",
     ]
     if "eval_confusion" in artifact.metrics:
-        summary["confusion_matrix"] = str(out / CONFUSION_FILE)
-        plot_confusion(artifact.metrics["eval_confusion"], artifact.labels, out / CONFUSION_FILE)
+        summary["confusion_matrix"] = out.uri(CONFUSION_FILE)
+        plot_confusion(
+            artifact.metrics["eval_confusion"], artifact.labels, out.local / CONFUSION_FILE
+        )
+        out.push(CONFUSION_FILE)
         lines.append(f"confusion:  {summary['confusion_matrix']}")
     print("\n".join(lines))
     return summary

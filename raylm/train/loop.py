@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,15 +19,16 @@ import torch
 import torch.distributed as dist
 
 from .._internal.logs import quiet_libraries
+from .._internal.storage import RunDir
 from ..data.tokenizer import load_tokenizer
 from ..models import build_model, flops_per_token
-from ..models.artifact import Artifact
+from ..models.artifact import ARTIFACT_FILE, Artifact
 from ..tasks import Task, get_task
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data_config import shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
-from .metrics import MetricsLog, peak_flops, peak_memory_bytes
+from .metrics import METRICS_FILE, MetricsLog, peak_flops, peak_memory_bytes
 from .objective import build_objective
 
 NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
@@ -181,7 +183,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         "best_metrics": {},
         "stale_evals": 0,
     }
-    best_dir = os.path.join(cfg["output_dir"], "best")
+    # output_dir as a path: shared by every rank. As a URI: each rank snapshots its own
+    # shard into its own dir of the node's mirror and pushes it; the store holds the union.
+    run = RunDir(cfg["output_dir"], cfg["run_id"])
+    best_dir = str(run.local / (f"best.rank{rank}" if run.remote else "best"))
     checkpoint = ray.train.get_checkpoint()
     restored = None
     if checkpoint:
@@ -199,9 +204,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             "restored_step": state["step"],
             "weights_checksum": weights_checksum(engine, cfg["deepspeed"]["zero_stage"]),
         }
-    log = (
-        MetricsLog(cfg["output_dir"], state["step"] if checkpoint else None) if rank == 0 else None
-    )
+    log = None
+    if rank == 0:
+        if checkpoint:  # restarted, maybe on another node: continue the stored log
+            run.pull(METRICS_FILE)
+            run.pull("tensorboard")
+        log = MetricsLog(run.local, state["step"] if checkpoint else None)
     if log and restored:
         log.log(state["step"], restored)
     bar = None
@@ -295,6 +303,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     stop = track_best(
                         engine, state, ev[metric], tr["metric_mode"], step, last, best_dir, patience
                     )
+                    if state["best_step"] == step:
+                        run.push("best", Path(best_dir))
             if bar and "loss" in last:
                 bar.set_description(task.progress(last))
             # Ray sees every eval (a sweep's scheduler judges trials by them) and every
@@ -303,6 +313,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if step % tr["checkpoint_every"] == 0 or step == max_steps:
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
                     save_checkpoint(engine, d, state)
+                    if log:  # the log as far as this checkpoint, for a restart elsewhere
+                        run.push(METRICS_FILE)
+                        run.push("tensorboard")
                     ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
             elif evaluated:
                 ray.train.report(report)
@@ -322,6 +335,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         sys.stdout.flush()
     exported_step = state["step"]
     if state["best_step"] is not None and state["best_step"] != state["step"]:
+        run.pull("best", Path(best_dir))  # every rank's shards, whoever wrote them
         engine.load_checkpoint(
             best_dir, tag="best", load_optimizer_states=False, load_lr_scheduler_states=False
         )
@@ -351,12 +365,21 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         engine,
         task.name,
         tokenizer,
-        cfg["export_dir"],
+        run.local / "model" if run.remote else cfg["export_dir"],
         artifact,
         cfg["deepspeed"]["zero_stage"],
         atol,
     )
+    # best/ stays where it is: a run resumed with more steps may still export that step.
+    if run.remote:
+        shutil.rmtree(best_dir, ignore_errors=True)  # this rank's mirror copy
     if log:
         log.close()
-        shutil.rmtree(best_dir, ignore_errors=True)  # the export holds those weights now
+        if run.remote:
+            run.remove("model")  # raylm.json goes up last: the model counts once it is there
+            run.push("model", last=ARTIFACT_FILE)
+            run.push(METRICS_FILE)
+            run.push("tensorboard")
+            run.clean_mirror()
+            path = run.uri("model")
         print(f"exported {path}")

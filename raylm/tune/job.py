@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +20,7 @@ from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
 from ..api import compose_checked
 from ..config import ConfigError
+from ..config.validate import local_path
 from ..tasks import get_task
 from . import algorithms
 from .results import HISTORY_DIR, RESULT_FILES, TrialHistory, write_results
@@ -126,7 +126,7 @@ def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
     if base not in BASES:
         raise ConfigError("base", f"unknown command {base!r}; sweep one of {', '.join(BASES)}")
     s = c["search"]
-    out = Path(c["output_dir"]).expanduser().resolve()
+    out = local_path(c["output_dir"], "output_dir").resolve()
     overrides = [*c["base_overrides"], *c["extra_overrides"]]
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
