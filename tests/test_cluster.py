@@ -169,6 +169,7 @@ def cluster(corpus, tokenizers, s3):
         "second": second,
         "temp": temp,
         "local": local,
+        "gcs": f"127.0.0.1:{port}",
     }
     wait_for_nodes(env, port, 2)
     yield info
@@ -356,6 +357,91 @@ def test_wrong_token_missing_token_and_unreachable_are_one_line(
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
     assert jobs_main("jobs", ["--address", cluster["address"], "list"]) == 2
     assert "RAY_AUTH_TOKEN_PATH: " in capsys.readouterr().err
+
+
+def test_ray_address_from_a_laptop_sends_the_token(token_env, corpus, tokenizers, tmp_path):
+    """A command run here with ray.address=HEAD:PORT joins the token cluster with only
+    RAY_AUTH_TOKEN set (Ray's own ray.init sends no token without RAY_AUTH_MODE=token);
+    a wrong token is one line naming ray.address and where the token came from."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env.update(HOME=str(tmp_path), RAY_AUTH_TOKEN=token_env["token"])
+    joins = (
+        "import ray; from raylm._internal.cluster import init_ray; "
+        f"init_ray({{'ray': {{'address': '{token_env['gcs']}'}}}}); "
+        "print('CPU', ray.cluster_resources()['CPU'])"
+    )
+    good = subprocess.Popen(
+        [sys.executable, "-c", joins], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    bad = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raylm",
+            *pretrain_args(corpus, tokenizers, tmp_path / "bad"),
+            f"ray.address={token_env['gcs']}",
+        ],
+        env={**env, "RAY_AUTH_TOKEN": "0" * 32},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = good.communicate(timeout=120)
+    assert good.returncode == 0 and b"CPU 5.0" in out, err.decode()[-2000:]
+    _, err = bad.communicate(timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("raylm pretrain: error: ray.address: cannot connect to a Ray"), last
+    assert "the token from RAY_AUTH_TOKEN was sent" in last
+
+
+HEAD = """from torch import nn
+from raylm.models import ClassificationHead
+
+
+class LaptopHead(ClassificationHead):
+    def __init__(self, hidden_size, num_labels, dropout):
+        super().__init__(hidden_size, num_labels, dropout)
+        self.out = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden_states, attention_mask, pooled_output):
+        return self.out(hidden_states[:, 0])
+"""
+
+
+def test_a_head_module_outside_the_checkout_goes_with_the_job(
+    token_env, tokenizers, tmp_path, monkeypatch, capsys
+):
+    """model.head names a module only this machine has (not in the checkout, not on the
+    cluster's path): raylm submit sends it as a py_module and the job trains with it."""
+    from transformers import AutoModelForSequenceClassification
+
+    from raylm.data.synthetic import write_labeled
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "laptop_heads.py").write_text(HEAD)
+    monkeypatch.syspath_prepend(str(mine))
+    out = tmp_path / "head"
+    code = submit(
+        token_env,
+        "--",
+        "finetune",
+        "model=bert-tiny",
+        f"tokenizer.path={tokenizers['wordpiece']}",
+        f"data.train_files=[{write_labeled(tmp_path / 'train.jsonl', 200, seed=0)}]",
+        "model.head=laptop_heads:LaptopHead",
+        "trainer.seq_len=64",
+        "trainer.max_steps=4",
+        "trainer.eval_every=4",
+        "trainer.checkpoint_every=4",
+        "scaling.num_workers=1",
+        f"output_dir={out}",
+    )
+    text = capsys.readouterr()
+    assert code == 0, text.out[-3000:] + text.err[-2000:]
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert type(model.head).__name__ == "LaptopHead"
 
 
 def test_ctrl_c_detaches_or_stops_and_jobs_stop(token_env, corpus, tokenizers, tmp_path):

@@ -101,7 +101,7 @@ def test_keys_that_take_paths_refuse_a_uri_by_name(command, override, key, tmp_p
     base = {
         "predict": ["model_dir=" + str(tmp_path), f"input={tmp_path / 'in.jsonl'}"],
         "compress": [],
-        "sweep": ["base=pretrain"],
+        "sweep": ["base=compress"],  # a sweep of pretrain / finetune runs takes URIs
         "tokenizer": [f"data.train_files=[{tmp_path / 'c.txt'}]"],
         "serve": [],
         "pretrain": [f"tokenizer.path={tokenizers['bpe']}", f"output_dir={tmp_path / 'o'}"],
@@ -188,9 +188,27 @@ def test_a_run_in_s3_exports_its_best_step_resumes_and_overwrites(
     with pytest.raises(raylm.ConfigError, match="holds an earlier run"):
         raylm.run("pretrain", args)
     raylm.run("pretrain", [*args, "trainer.max_steps=30", "resume=true"])
-    steps = [r["step"] for r in _store_rows(run, "metrics.jsonl") if "loss" in r]
-    assert steps == [5, 10, 15, 20, 25, 30]  # one log, continued across the two runs
+    rows = [r for r in _store_rows(run, "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]  # one log, continued
     assert Artifact.read(run.pull("model", into=tmp_path / "model2")).step == 10
+
+    # A run that starts from the model in the store: each worker fetches it itself.
+    later = RunDir(s3("runs/from-store"))
+    dropped = ("output_dir=", "trainer.max_steps=", "trainer.metric")
+    start = [a for a in args if not a.startswith(dropped)]
+    raylm.run(
+        "pretrain",
+        [
+            *start,
+            "trainer.max_steps=5",
+            f"model.init_from='{run.uri('model')}'",
+            f"output_dir='{later.location}'",
+        ],
+    )
+    (first,) = [r["loss"] for r in _store_rows(later, "metrics.jsonl") if "loss" in r]
+    assert first < rows[0]["loss"] - 0.3  # trained weights, not a fresh init
+    config = Artifact.loads(later.read_text("model/raylm.json")).config
+    assert config["model"]["init_from"] == run.uri("model")
 
     raylm.run("pretrain", [*args, "overwrite=true", "trainer.metric_mode=min"])
     assert [r["step"] for r in _store_rows(run, "metrics.jsonl") if "loss" in r] == [5, 10, 15, 20]

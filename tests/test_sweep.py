@@ -18,6 +18,7 @@ import yaml
 from conftest import read_metrics, train_worker_pids
 
 import raylm
+from raylm._internal.storage import RunDir
 from raylm.data.synthetic import write_labeled
 from raylm.models.artifact import Artifact
 from raylm.tune.results import read_history
@@ -216,25 +217,44 @@ def test_optuna_proposes_values_inside_the_space_and_retries_a_failed_trial(
 
 
 def test_pbt_exploit_loads_the_better_trials_checkpoint_with_perturbed_values(
-    ray_cluster, data, tmp_path
+    ray_cluster, data, s3, tmp_path
 ):
     """Two trials side by side (one worker each); every 10 steps the worse one copies the
-    better one's DeepSpeed checkpoint and trains on from it with a perturbed lr."""
-    out = tmp_path / "pbt"
-    sweep(
-        out,
-        data,
-        "search=pbt",
-        "search.num_samples=2",
-        "search.max_concurrent_trials=2",
-        "search.quantile_fraction=0.5",
-        "search.resample_probability=0",
-        "search.seed=10",  # draws lr 2.3e-3 and 3.3e-5: one trial is clearly the worse
-        "trainer.lr=tag(log, interval(1e-5, 3e-3))",
-        "trainer.schedule=constant",
-        "scaling.num_workers=1",
-        "trainer.max_steps=40",
+    better one's DeepSpeed checkpoint and trains on from it with a perturbed lr.
+
+    The sweep's output_dir is an S3 URI: Tune's checkpoints, the trials' runs and the
+    sweep's tables all live in the store, and an exploit fetches the other trial's
+    checkpoint from there. The whole tree is fetched afterwards to check it."""
+    uri = s3("sweeps/pbt")
+    summary = raylm.run(
+        "sweep",
+        [
+            "base=finetune",
+            f"output_dir='{uri}'",
+            *data,
+            *TRIAL,
+            "search=pbt",
+            "search.num_samples=2",
+            "search.max_concurrent_trials=2",
+            "search.quantile_fraction=0.5",
+            "search.resample_probability=0",
+            "search.seed=10",  # draws lr 2.3e-3 and 3.3e-5: one trial is clearly the worse
+            "trainer.lr=tag(log, interval(1e-5, 3e-3))",
+            "trainer.schedule=constant",
+            "scaling.num_workers=1",
+            "trainer.max_steps=40",
+        ],
     )
+    store = RunDir(uri)
+    assert summary["paths"]["csv"] == store.uri("trials.csv")
+    assert summary["paths"]["best_model"].startswith(store.uri("trials").split("?")[0])
+    best = yaml.safe_load(store.read_text("best.yaml"))
+    assert f"output_dir={store.uri('rerun')}" in shlex.split(best["command"])[-1].replace("'", "")
+    out = store.pull("", tmp_path / "pbt")
+
+    def local(location: str) -> Path:  # a URI in the store -> its fetched copy
+        return out / Path(location.split("?")[0]).relative_to(Path(uri.split("?")[0]))
+
     tune_dir = out / "tune"
     # Exploits: a trial restarted from another trial's checkpoint (a trial PBT pauses and
     # resumes on its own checkpoint also logs restored_from, with its own trial's path).
@@ -242,11 +262,12 @@ def test_pbt_exploit_loads_the_better_trials_checkpoint_with_perturbed_values(
         (d.name, r)
         for d in (out / "trials").iterdir()
         for r in read_metrics(d)
-        if "restored_from" in r and Path(r["restored_from"]).parent.name != d.name
+        if "restored_from" in r and local(r["restored_from"]).parent.name != d.name
     ]
     assert restores, "no exploit happened"
     for trial, row in restores:
-        source = Path(row["restored_from"])
+        assert row["restored_from"].startswith("s3://")
+        source = local(row["restored_from"])
         assert source.parent.parent == tune_dir
         # The weights it started from are the source checkpoint's, bit for bit.
         states = torch.load(source / "deepspeed" / "mp_rank_00_model_states.pt", weights_only=False)

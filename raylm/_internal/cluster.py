@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .auth import send_token_if_found
+
 # Set in every worker of the job. Ray Train V2 tees a training function's print() to
 # stdout and to its logger (stderr), so each ray.experimental.tqdm_ray state line
 # reaches the driver twice, and the second copy of a bar's "closed" state re-creates
@@ -30,8 +32,23 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)  # the embedded cluster's workers inherit it
     runtime_env = {"env_vars": {key: os.environ[key] for key in WORKER_ENV}}
-    if c["ray"]["address"]:
-        ray.init(address=c["ray"]["address"], log_to_driver=log_to_driver, runtime_env=runtime_env)
+    address = c["ray"]["address"]
+    if address:
+        found = send_token_if_found()
+        try:
+            ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
+        except ConnectionError as exc:
+            from ..config import ConfigError
+
+            hint = (
+                f"the token from {found[1]} was sent: check that it is this cluster's"
+                if found
+                else "no token was found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+                "~/.ray/auth_token), which a cluster with token authentication needs"
+            )
+            raise ConfigError(
+                "ray.address", f"cannot connect to a Ray cluster at {address} ({exc}); {hint}"
+            ) from None
     else:
         # address="local": a new embedded cluster even when `ray start` runs one here
         # (ray.init() would join that one, and then refuse num_cpus).

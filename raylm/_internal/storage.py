@@ -34,6 +34,34 @@ def join(location: str, *names: str) -> str:
     return "/".join([base.rstrip("/"), *names]) + sep + query
 
 
+def override(key: str, location: str | Path) -> str:
+    """``key=location`` as a Hydra override; quoted when the value would not parse bare
+    (an S3 URI's ``?endpoint_override=...`` holds '=')."""
+    value = str(location)
+    return f"{key}='{value}'" if is_uri(value) else f"{key}={value}"
+
+
+def uri_of(location: str, path: str) -> str:
+    """A path inside the store of ``location`` (as its filesystem names it, e.g. a Ray
+    checkpoint's ``path``) as a URI with ``location``'s scheme and options."""
+    base = RunDir(location)
+    rel = Path(path).relative_to(base.path).as_posix()
+    return base.uri(rel) if rel != "." else base.location
+
+
+def fetch(location: str, into: Path, key: str) -> Path:
+    """A directory at ``location`` as a local path: a path as it is, a URI's directory
+    copied to ``into`` (a model a training run starts from, read by every worker)."""
+    if not is_uri(location):
+        return Path(location)
+    store = RunDir(location, key=key)
+    if not store.exists(""):
+        from ..config import ConfigError
+
+        raise ConfigError(key, f"{location}: nothing there in the store")
+    return store.pull("", into)
+
+
 class RunDir:
     """One run's outputs at ``location``; ``local`` is where this process reads and
     writes them (the location itself for a path, a node-local mirror for a URI).
@@ -41,7 +69,7 @@ class RunDir:
     ``run_id`` names the mirror: the same id on a node means the same mirror, so a
     worker restarted on the node keeps what it had; a new id starts from the store."""
 
-    def __init__(self, location: str, run_id: str = ""):
+    def __init__(self, location: str, run_id: str = "", key: str = "output_dir"):
         self.location = str(location)
         self.remote = is_uri(self.location)
         if not self.remote:
@@ -52,11 +80,13 @@ class RunDir:
 
         try:
             self.fs, self.path = pyarrow.fs.FileSystem.from_uri(self.location)
-        except (pyarrow.ArrowInvalid, pyarrow.ArrowException, ValueError) as exc:
+        except (pyarrow.ArrowException, ValueError, OSError) as exc:
             from ..config import ConfigError
 
+            # e.g. an unknown scheme, or S3 failing to look up the bucket's region
             raise ConfigError(
-                "output_dir", f"{self.location} is not a URI pyarrow can open: {exc}"
+                key,
+                f"{self.location} is not a URI pyarrow can open: {str(exc).splitlines()[0]}",
             ) from None
         self.path = self.path.rstrip("/")
         key = hashlib.sha256(f"{self.location}\0{run_id}".encode()).hexdigest()[:16]
@@ -81,15 +111,26 @@ class RunDir:
 
         return self._info(name).type != pyarrow.fs.FileType.NotFound
 
+    def read_text(self, name: str) -> str | None:
+        """The file ``name`` at the location, read straight from the store; None if absent."""
+        if not self.remote:
+            p = self.local / name
+            return p.read_text() if p.is_file() else None
+        try:
+            with self.fs.open_input_stream(self._remote(name)) as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+
     def remove(self, name: str) -> None:
         """Delete ``name`` (a file or a directory) at the location; absent is fine."""
         import pyarrow.fs
 
         if not self.remote:
             p = self.local / name
-            if p.is_dir():
+            if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p)
-            elif p.exists():
+            elif p.exists() or p.is_symlink():
                 p.unlink()
             return
         kind = self._info(name).type

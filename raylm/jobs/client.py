@@ -12,31 +12,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._internal.auth import DEFAULT_TOKEN_FILE, find_token
 from ..config import ConfigError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
-
-DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
-
-
-def find_token() -> tuple[str, str] | None:
-    """(token, where it came from), or None when no token is configured."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
-    if path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise ConfigError("RAY_AUTH_TOKEN_PATH", f"{path}: no such file")
-        return p.read_text().strip(), f"RAY_AUTH_TOKEN_PATH ({path})"
-    p = Path(DEFAULT_TOKEN_FILE).expanduser()
-    if p.is_file() and p.read_text().strip():
-        return p.read_text().strip(), DEFAULT_TOKEN_FILE
-    return None
 
 
 def resolve_address(flag: str | None, config_address: str | None = None) -> str:

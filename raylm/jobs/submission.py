@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import shlex
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -149,6 +151,16 @@ def _user_module(head: str, root: Path | None) -> str | None:
     return str(path)
 
 
+def _as_package(module: Path) -> str:
+    """A one-file module as a package of the same name (a temp dir holding it as
+    ``__init__.py``): Ray's runtime env takes a ``.py`` file in ``py_modules``, but the
+    Jobs SDK uploads every entry as a directory and refuses a file (measured, Ray 2.60)."""
+    package = Path(tempfile.mkdtemp(prefix="raylm-py-module-")) / module.stem
+    package.mkdir()
+    shutil.copyfile(module, package / "__init__.py")
+    return str(package)
+
+
 def heads(c: dict[str, Any]) -> list[str]:
     """Every ``model.head`` a command uses, base commands of a sweep included."""
     found = []
@@ -180,6 +192,8 @@ def build_runtime_env(spec_env: dict[str, Any], cfg: DictConfig) -> dict[str, An
     c = OmegaConf.to_container(cfg, resolve=True)
     for head in heads(c):
         module = _user_module(head, root)
+        if module and Path(module).is_file():
+            module = _as_package(Path(module))
         if module and module not in py_modules:
             py_modules.append(module)
     if py_modules:

@@ -45,9 +45,12 @@ class Artifact:
     @classmethod
     def read(cls, model_dir: str | Path) -> Artifact | None:
         path = Path(model_dir) / ARTIFACT_FILE
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
+        return cls.loads(path.read_text()) if path.exists() else None
+
+    @classmethod
+    def loads(cls, text: str) -> Artifact:
+        """From ``raylm.json``'s text (read from wherever it is stored)."""
+        data = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

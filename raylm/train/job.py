@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
-from .._internal.storage import RunDir, is_uri
+from .._internal.storage import RunDir, fetch, is_uri
 from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import ARTIFACT_FILE, Artifact
@@ -52,9 +54,14 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     else:
         c, resolved = copy.deepcopy(cfg), copy.deepcopy(cfg)
     init_config = None
+    init_from = c["model"]["init_from"]
+    if init_from and is_uri(init_from):  # read here from a copy; workers fetch their own
+        init_from = str(
+            fetch(init_from, Path(tempfile.mkdtemp(prefix="raylm-init-")), "model.init_from")
+        )
     if c["model"]["init_from"]:
         try:
-            init_config = load_init_config(c["model"]["init_from"])
+            init_config = load_init_config(init_from)
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 "model.init_from",
@@ -66,7 +73,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     task = get_task(c["task"])
     tok_src = _tokenizer_source(c)
     try:
-        tokenizer = load_tokenizer(tok_src)
+        tokenizer = load_tokenizer(init_from if tok_src == c["model"]["init_from"] else tok_src)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             "tokenizer.path", f"cannot load a tokenizer from {tok_src}: {exc}"
@@ -87,6 +94,8 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
                 f"model.init_from={c['model']['init_from']} has no {c['task']} head: a new one "
                 "is initialized and trained from scratch on top of its encoder"
             )
+    if init_from != c["model"]["init_from"]:
+        shutil.rmtree(init_from, ignore_errors=True)  # the copy read here
 
     # A URI (s3://, gs://, ...) stays as written: see _internal.storage.
     if is_uri(c["output_dir"]):
@@ -316,8 +325,9 @@ def report(c: dict[str, Any], out: RunDir, result) -> dict[str, Any]:
     curve = plot_loss_curve(out.pull(METRICS_FILE).parent)
     out.push(LOSS_CURVE_FILE)
     if out.remote:
-        out.pull(f"model/{ARTIFACT_FILE}")
-    artifact = Artifact.read(out.local / "model" if out.remote else model_dir)
+        artifact = Artifact.loads(out.read_text(f"model/{ARTIFACT_FILE}"))
+    else:
+        artifact = Artifact.read(model_dir)
     summary = {
         "output_dir": str(out),
         "model_dir": str(model_dir),

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .._internal.logs import quiet_libraries
-from .._internal.storage import RunDir
+from .._internal.storage import RunDir, fetch, is_uri
 from ..data.tokenizer import load_tokenizer
 from ..models import build_model, flops_per_token
 from ..models.artifact import ARTIFACT_FILE, Artifact
@@ -153,6 +153,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     tr, task = cfg["trainer"], get_task(cfg["task"])
     max_steps, micro = cfg["max_steps"], tr["micro_batch_size"]
 
+    # output_dir as a path: shared by every rank. As a URI: each rank works in its node's
+    # mirror of the run (see _internal.storage).
+    run = RunDir(cfg["output_dir"], cfg["run_id"])
+    init_from = cfg["model"]["init_from"]
+    if init_from and is_uri(init_from):  # each rank fetches the model it starts from
+        local = fetch(init_from, run.local / f"init_from.rank{rank}", "model.init_from")
+        cfg["model"]["init_from"] = str(local)
+        if cfg["tokenizer_path"] == init_from:
+            cfg["tokenizer_path"] = str(local)
+
     # --- build: same seed on every rank -> same initial weights, no broadcast needed
     seed_everything(tr["seed"])
     tokenizer = load_tokenizer(cfg["tokenizer_path"])
@@ -160,6 +170,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if labels and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; rows are padded with EOS
     model = build_model(task.name, cfg["model"], cfg["vocab_size"], tokenizer, labels)
+    if init_from != cfg["model"]["init_from"]:
+        shutil.rmtree(cfg["model"]["init_from"], ignore_errors=True)  # loaded: the copy goes
     engine, *_ = deepspeed.initialize(
         model=model,
         config=deepspeed_config(cfg, world, max_steps),
@@ -183,9 +195,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         "best_metrics": {},
         "stale_evals": 0,
     }
-    # output_dir as a path: shared by every rank. As a URI: each rank snapshots its own
-    # shard into its own dir of the node's mirror and pushes it; the store holds the union.
-    run = RunDir(cfg["output_dir"], cfg["run_id"])
+    # As a URI, each rank snapshots its own shard into its own dir of the mirror and
+    # pushes it: the store holds the union.
     best_dir = str(run.local / (f"best.rank{rank}" if run.remote else "best"))
     checkpoint = ray.train.get_checkpoint()
     restored = None
@@ -196,7 +207,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         # Another run's checkpoint (a sweep trial's own last one after a retry or resume,
         # or under PBT the better trial's it copies): its weights, optimizer and data
         # position, with this run's hyperparameters. Its best snapshot is not ours to load.
-        state = load_checkpoint(engine, cfg["init_checkpoint"])
+        # In an object store each rank fetches it into the node's mirror itself.
+        init = cfg["init_checkpoint"]
+        if is_uri(init):
+            init = RunDir(init).pull("", run.local / f"init.rank{rank}")
+        state = load_checkpoint(engine, init)
+        if is_uri(cfg["init_checkpoint"]):
+            shutil.rmtree(init, ignore_errors=True)
         state.update(best=None, best_step=None, best_metrics={}, stale_evals=0)
         apply_hyperparameters(engine, tr)
         restored = {
@@ -224,8 +241,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         # placement group; the sweep's driver removes it by this id (tune.trial).
         pg_id = ray.get_runtime_context().get_placement_group_id()
         if pg_id:
-            with open(cfg["placement_group_file"], "w") as f:
-                f.write(pg_id)
+            name = cfg["placement_group_file"]
+            (run.local / name).parent.mkdir(parents=True, exist_ok=True)
+            (run.local / name).write_text(pg_id)
+            run.push(name)
 
     train_shard = ray.train.get_dataset_shard(shard_name("train", rank))
     eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None

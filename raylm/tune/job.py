@@ -12,12 +12,15 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
+from .._internal.storage import RunDir, is_uri, join, override
 from ..api import compose_checked
 from ..config import ConfigError
 from ..config.validate import local_path
@@ -126,15 +129,27 @@ def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
     if base not in BASES:
         raise ConfigError("base", f"unknown command {base!r}; sweep one of {', '.join(BASES)}")
     s = c["search"]
-    out = local_path(c["output_dir"], "output_dir").resolve()
+    # A URI: trials and Tune's state go to the store; the sweep's own files are written
+    # in a local mirror (``out``) and pushed (see _internal.storage).
+    location = c["output_dir"]
+    if is_uri(location):
+        if base == "compress":
+            local_path(location, "output_dir")  # refused, as raylm compress refuses it
+        if files:  # opens the store: a malformed URI is one line, here
+            RunDir(location)
+        out = Path(tempfile.gettempdir()) / "raylm-runs" / f"sweep-{os.urandom(8).hex()}"
+    else:
+        out = local_path(location, "output_dir").resolve()
+        location = str(out)
     overrides = [*c["base_overrides"], *c["extra_overrides"]]
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if key in ("output_dir", "resume", "overwrite"):
             raise ConfigError(
-                key, f"is the sweep's own key here (trials get {out / TRIALS_DIR}/<trial>)"
+                key,
+                f"is the sweep's own key here (trials get {join(location, TRIALS_DIR)}/<trial>)",
             )
-    placeholder = [*overrides, f"output_dir={out / TRIALS_DIR / 'check'}"]
+    placeholder = [*overrides, override("output_dir", join(location, TRIALS_DIR, "check"))]
     base_cfg = compose_checked(base, placeholder, "base_overrides")
     prepared = validate_base(base, base_cfg, files)
     space = parse_space(flatten(s["params"]), base_cfg)
@@ -173,7 +188,8 @@ def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
         "mode": mode,
         "ctx": ctx,
         "output_dir": out,
-        "trials_dir": str(out / TRIALS_DIR),
+        "location": location,
+        "trials_dir": join(location, TRIALS_DIR),
         "history_dir": str(out / HISTORY_DIR),
         "resume": c["resume"],
         "overwrite": c["overwrite"],
@@ -195,14 +211,13 @@ def _fingerprint(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_output_dir(spec: dict[str, Any]) -> None:
-    out = spec["output_dir"]
-    tune_dir = out / TUNE_DIR
+    out, store = spec["location"], RunDir(spec["location"])
     if spec["resume"]:
         from ray import tune
 
-        if not tune.Tuner.can_restore(str(tune_dir)):
+        if not tune.Tuner.can_restore(**tune_storage(spec)):
             raise ConfigError("resume", f"no earlier sweep in {out} to resume; drop resume=true")
-        saved = json.loads((out / SWEEP_FILE).read_text())
+        saved = json.loads(store.read_text(SWEEP_FILE) or "null")
         if saved != json.loads(json.dumps(_fingerprint(spec))):
             changed = [
                 k for k in saved if saved[k] != json.loads(json.dumps(_fingerprint(spec)))[k]
@@ -212,19 +227,30 @@ def check_output_dir(spec: dict[str, Any]) -> None:
                 f"the sweep in {out} was started with a different {', '.join(changed)}; resume "
                 "it with the same settings, or start a new one with overwrite=true",
             )
+        store.pull(HISTORY_DIR, spec["output_dir"] / HISTORY_DIR)  # to append to
         return
-    ours = [out / n for n in (TUNE_DIR, TRIALS_DIR, HISTORY_DIR, SWEEP_FILE, *RESULT_FILES)]
-    previous = [p for p in ours if p.exists() or p.is_symlink()]
+    ours = (TUNE_DIR, TRIALS_DIR, HISTORY_DIR, SWEEP_FILE, *RESULT_FILES)
+    local = spec["output_dir"]
+    previous = [n for n in ours if store.exists(n) or (local / n).is_symlink()]
     if previous and not spec["overwrite"]:
         raise ConfigError(
             "output_dir",
             f"{out} holds an earlier sweep; set resume=true to continue it or overwrite=true "
             "to replace it",
         )
-    for p in previous:
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SWEEP_FILE).write_text(json.dumps(_fingerprint(spec), indent=2))
+    for name in previous:
+        store.remove(name)
+    local.mkdir(parents=True, exist_ok=True)
+    (local / SWEEP_FILE).write_text(json.dumps(_fingerprint(spec), indent=2))
+    store.push(SWEEP_FILE, local / SWEEP_FILE)
+
+
+def tune_storage(spec: dict[str, Any]) -> dict[str, Any]:
+    """Where Tune's experiment lives, as ``Tuner.restore`` / ``can_restore`` take it."""
+    store = RunDir(spec["location"])
+    if not store.remote:
+        return {"path": str(spec["output_dir"] / TUNE_DIR)}
+    return {"path": f"{store.path}/{TUNE_DIR}", "storage_filesystem": store.fs}
 
 
 def max_concurrent(spec: dict[str, Any]) -> int:
@@ -251,7 +277,8 @@ def build_tuner(spec: dict[str, Any]):
     s = spec["search"]
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, spec={k: spec[k] for k in ("base", "overrides", "space", "trials_dir")}
+            run_trial,
+            spec={k: spec[k] for k in ("base", "overrides", "space", "trials_dir", "location")},
         ),
         # Tune wants a non-empty request; one byte of memory reserves nothing a CPU-only
         # 2-core machine needs (0.01 CPU would leave 1.99 for two 1-CPU workers).
@@ -260,7 +287,7 @@ def build_tuner(spec: dict[str, Any]):
     table = TrialTable([p.key for p in spec["space"]], spec["metric"], spec["ctx"]["max_steps"])
     run_config = tune.RunConfig(
         name=TUNE_DIR,
-        storage_path=str(spec["output_dir"]),
+        **RunDir(spec["location"]).storage(""),
         failure_config=tune.FailureConfig(max_failures=s["max_failures"]),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if s["name"] != "pbt" else None),
         callbacks=[
@@ -271,11 +298,13 @@ def build_tuner(spec: dict[str, Any]):
         verbose=0,
         log_to_file=True,
     )
-    tune_dir = spec["output_dir"] / TUNE_DIR
     if spec["resume"]:
         # The run config (with this table) comes back from the saved experiment.
         return tune.Tuner.restore(
-            str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+            **tune_storage(spec),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
         )
     concurrent = max_concurrent(spec)
     searcher, scheduler = algorithms.build(
@@ -322,16 +351,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # duplicate the trial table; RAY_AIR_NEW_OUTPUT=0 with verbose=0 silences it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     init_ray({"ray": spec["ray"]}, log_to_driver=verbose)
-    check_shared_path(str(spec["output_dir"]), "output_dir")
-    grid = build_tuner(spec).fit()
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    unfinished = [t for t in trials if interrupted(t)]
-    if unfinished:  # Ctrl-C (SIGINT): Tune saved the experiment and stopped the trials
-        print(
-            f"sweep interrupted with {len(unfinished)} of {len(trials)} trials unfinished; "
-            "run the same command with resume=true to continue it",
-            flush=True,
-        )
-        raise KeyboardInterrupt
-    summary = write_results(grid, spec)
-    return summary
+    store = RunDir(spec["location"])
+    if not store.remote:  # a store is every node's by definition
+        check_shared_path(spec["location"], "output_dir")
+    try:
+        grid = build_tuner(spec).fit()
+        trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+        unfinished = [t for t in trials if interrupted(t)]
+        if unfinished:  # Ctrl-C (SIGINT): Tune saved the experiment and stopped the trials
+            print(
+                f"sweep interrupted with {len(unfinished)} of {len(trials)} trials unfinished; "
+                "run the same command with resume=true to continue it",
+                flush=True,
+            )
+            raise KeyboardInterrupt
+        return write_results(grid, spec)
+    finally:
+        if store.remote:  # the history a resume continues, whatever happened
+            store.push(HISTORY_DIR, spec["output_dir"] / HISTORY_DIR)
+            shutil.rmtree(spec["output_dir"], ignore_errors=True)

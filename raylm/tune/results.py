@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
+from .._internal.storage import RunDir, join, override
 from ..config import ConfigError
-from ..models.artifact import Artifact
+from ..models.artifact import ARTIFACT_FILE, Artifact
 from .space import last_wins, trial_overrides
 
 HISTORY_DIR = "history"
@@ -79,8 +80,9 @@ def collect(grid, spec: dict[str, Any]) -> list[dict[str, Any]]:
         # A step reported twice (a trial PBT paused reruns from its checkpoint): the later.
         by_step = {h.get("step"): h for h in read_history(spec["history_dir"], trial)}
         history = sorted(by_step.values(), key=lambda h: h.get("step") or 0)
-        model = Path(spec["trials_dir"]) / trial / "model"
-        artifact = Artifact.read(model) if (model / "raylm.json").exists() else None
+        model = join(spec["trials_dir"], trial, "model")
+        text = RunDir(join(spec["trials_dir"], trial)).read_text(f"model/{ARTIFACT_FILE}")
+        artifact = Artifact.loads(text) if text else None
         rec = {
             "trial": trial,
             "config": dict(result.config or {}),
@@ -128,8 +130,10 @@ def pareto_front(records: list[dict], metrics: list[str], modes: list[str]) -> l
     return [a for a in pts if not any(dominates(b, a) for b in pts if b is not a)]
 
 
-def rerun_command(base: str, overrides: list[str], out: Path) -> str:
-    return " ".join(["raylm", base, *map(shlex.quote, overrides), shlex.quote(f"output_dir={out}")])
+def rerun_command(base: str, overrides: list[str], out: str) -> str:
+    return " ".join(
+        ["raylm", base, *map(shlex.quote, overrides), shlex.quote(override("output_dir", out))]
+    )
 
 
 def _table_rows(records: list[dict], spec: dict[str, Any]) -> tuple[list[str], list[list]]:
@@ -296,7 +300,7 @@ def write_results(grid, spec: dict[str, Any]) -> dict[str, Any]:
             "trial": r["trial"],
             **{m: r[f"model_{m}"] for m in metrics},
             "overrides": overrides,
-            "command": rerun_command(spec["base"], overrides, out / "rerun"),
+            "command": rerun_command(spec["base"], overrides, join(spec["location"], "rerun")),
         }
 
     best_yaml: dict[str, Any] = {
@@ -325,12 +329,20 @@ def write_results(grid, spec: dict[str, Any]) -> dict[str, Any]:
             )
     (out / "best.yaml").write_text(yaml.safe_dump(best_yaml, sort_keys=False, width=10**6))
     paths["best"] = out / "best.yaml"
+    store = RunDir(spec["location"])
     link = out / "best_model"
-    if best is not None and best["model"]:
+    if best is not None and best["model"] and store.remote:
+        paths["best_model"] = best["model"]  # no links in an object store: best.yaml names it
+    elif best is not None and best["model"]:
         if link.is_symlink() or link.exists():
             link.unlink()
         os.symlink(os.path.relpath(best["model"], out), link)
         paths["best_model"] = link
+    if store.remote:
+        for key, path in paths.items():
+            if isinstance(path, Path):
+                store.push(path.name, path)
+                paths[key] = store.uri(path.name)
     print((out / "trials.md").read_text())
     if best is not None:
         m = metrics[0]
@@ -343,7 +355,7 @@ def write_results(grid, spec: dict[str, Any]) -> dict[str, Any]:
         )
     print("results: " + ", ".join(str(p) for p in paths.values()))
     return {
-        "output_dir": str(out),
+        "output_dir": spec["location"],
         "trials": [{k: v for k, v in r.items() if k not in ("history", "error")} for r in records],
         "best": best_yaml,
         "paths": {k: str(v) for k, v in paths.items()},

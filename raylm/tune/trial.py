@@ -12,12 +12,12 @@ PBT-exploited trial starts from one (``init_checkpoint``) with its own hyperpara
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
 from ray.tune import Callback
 
+from .._internal.storage import RunDir, join, override, uri_of
 from .space import trial_overrides
 
 _DONE = "__raylm_trial_done__"
@@ -25,15 +25,17 @@ PLACEMENT_GROUP_FILE = ".placement_group"
 
 
 class ReportToTune(UserCallback):
-    """Runs in the Ray Train controller: each report -> (metrics, checkpoint path) on a
-    queue the trial thread reads. The queue holds one item, so training waits while Tune
+    """Runs in the Ray Train controller: each report -> (metrics, checkpoint) on a
+    queue the trial thread reads (the checkpoint's path and filesystem: in an object
+    store it is not a local directory). The queue holds one item, so training waits while Tune
     takes a checkpoint (as Ray's own TuneReportCallback does)."""
 
     def __init__(self, queue):
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.queue.put((dict(metrics[0]), checkpoint.path if checkpoint else None))
+        where = (checkpoint.path, checkpoint.filesystem) if checkpoint else None
+        self.queue.put((dict(metrics[0]), where))
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -45,17 +47,17 @@ def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def trial_dir(spec: dict[str, Any], trial_id: str) -> Path:
-    return Path(spec["trials_dir"]) / trial_id
+def trial_dir(spec: dict[str, Any], trial_id: str) -> str:
+    return join(spec["trials_dir"], trial_id)
 
 
-def compose_trial(spec: dict[str, Any], config: dict[str, Any], out: Path):
+def compose_trial(spec: dict[str, Any], config: dict[str, Any], out: str):
     from ..api import compose
 
     overrides = [
         *spec["overrides"],
         *trial_overrides(config, spec["space"]),
-        f"output_dir={out}",
+        override("output_dir", out),
         "overwrite=true",
         "resume=false",
     ]
@@ -72,16 +74,10 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     if spec["base"] == "compress":
         _compress_trial(cfg)
     else:
-        _training_trial(cfg, tune.get_checkpoint())
+        _training_trial(cfg, tune.get_checkpoint(), spec["location"])
 
 
-def _local_path(checkpoint, scratch: Path) -> str:
-    if checkpoint.filesystem.type_name == "local":
-        return checkpoint.path
-    return checkpoint.to_directory(str(scratch))  # object storage: a local copy to load
-
-
-def _training_trial(cfg, checkpoint) -> None:
+def _training_trial(cfg, checkpoint, location: str) -> None:
     from ray import tune
     from ray.util.queue import Queue
 
@@ -89,9 +85,11 @@ def _training_trial(cfg, checkpoint) -> None:
 
     c = prepare(cfg)
     c["progress"] = False  # the sweep's table shows every trial's progress
-    c["placement_group_file"] = str(Path(c["output_dir"]) / PLACEMENT_GROUP_FILE)
+    c["placement_group_file"] = PLACEMENT_GROUP_FILE  # in the trial's output_dir
     if checkpoint is not None:
-        c["init_checkpoint"] = _local_path(checkpoint, Path(c["output_dir"]) / "init_checkpoint")
+        # In the store, every worker fetches it itself (they may be on other nodes).
+        local = checkpoint.filesystem.type_name == "local"
+        c["init_checkpoint"] = checkpoint.path if local else uri_of(location, checkpoint.path)
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     box: dict[str, Any] = {}
 
@@ -109,10 +107,10 @@ def _training_trial(cfg, checkpoint) -> None:
     thread.start()
 
     def forward(item) -> None:
-        metrics, path = item
+        metrics, where = item
         tune.report(
             scalars(metrics),
-            checkpoint=tune.Checkpoint.from_directory(path) if path else None,
+            checkpoint=tune.Checkpoint(*where) if where else None,
         )
 
     final = None
@@ -175,31 +173,33 @@ class ReleaseStoppedTrials(Callback):
         self._t = time.monotonic()
         for trial in trials:
             if trial.status != "RUNNING":
-                release(Path(self.trials_dir) / trial.trial_id)
+                release(join(self.trials_dir, trial.trial_id))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         # A restarted trial (PBT's exploit, a retry) may have been paused too briefly for
         # on_step_end to see it; its new run writes its own id only seconds from now.
-        release(Path(self.trials_dir) / trial.trial_id)
+        release(join(self.trials_dir, trial.trial_id))
 
     def on_experiment_end(self, trials, **info):
         for trial in trials:
-            release(Path(self.trials_dir) / trial.trial_id)
+            release(join(self.trials_dir, trial.trial_id))
 
 
-def release(out: Path) -> None:
-    """Remove the placement group recorded in ``out`` if it still holds resources."""
+def release(out: str) -> None:
+    """Remove the placement group recorded in the trial dir ``out`` if it still holds
+    resources."""
     import ray
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup
 
-    f = out / PLACEMENT_GROUP_FILE
-    if not f.exists():
+    trial = RunDir(out)
+    pg_id = trial.read_text(PLACEMENT_GROUP_FILE)
+    if not pg_id:
         return
-    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(f.read_text().strip())))
+    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id.strip())))
     if ray.util.placement_group_table(pg).get("state") not in (None, "REMOVED"):
         ray.util.remove_placement_group(pg)
-    f.unlink(missing_ok=True)
+    trial.remove(PLACEMENT_GROUP_FILE)
 
 
 __all__ = ["ReleaseStoppedTrials", "ReportToTune", "run_trial"]
