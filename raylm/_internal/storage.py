@@ -49,6 +49,27 @@ def uri_of(location: str, path: str) -> str:
     return base.uri(rel) if rel != "." else base.location
 
 
+# What AutoTokenizer.from_pretrained reads from a model directory (config.json names the
+# tokenizer class when tokenizer_config.json does not).
+_TOKENIZER_FILES = re.compile(
+    r"^(tokenizer.*|vocab\..*|merges\.txt|special_tokens_map\.json|added_tokens\.json|config\.json)$"
+)
+
+
+def fetch_tokenizer(location: str, into: Path) -> Path:
+    """The tokenizer files of the directory at URI ``location``, copied to ``into``
+    (not the weights beside them)."""
+    import pyarrow.fs
+
+    store = RunDir(location, key="tokenizer.path")
+    into.mkdir(parents=True, exist_ok=True)
+    for info in store.fs.get_file_info(pyarrow.fs.FileSelector(store.path)):
+        name = info.path.rsplit("/", 1)[-1]
+        if info.type == pyarrow.fs.FileType.File and _TOKENIZER_FILES.match(name):
+            store.pull(name, into / name)
+    return into
+
+
 def fetch(location: str, into: Path, key: str) -> Path:
     """A directory at ``location`` as a local path: a path as it is, a URI's directory
     copied to ``into`` (a model a training run starts from, read by every worker)."""

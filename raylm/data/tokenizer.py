@@ -92,9 +92,18 @@ def save_atomically(tokenizer, path: str | os.PathLike) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(path: str):
-    """Cached per process: Ray Data tasks reuse worker processes, so each loads it once."""
+    """Cached per process: Ray Data tasks reuse worker processes, so each loads it once.
+    A URI (a model directory in an object store) is read from a copy of its tokenizer
+    files, fetched by whichever process needs it, on whichever node."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
+    from .._internal.storage import fetch_tokenizer, is_uri
+
+    if is_uri(path):
+        with tempfile.TemporaryDirectory(prefix="raylm-tokenizer-") as d:
+            return AutoTokenizer.from_pretrained(str(fetch_tokenizer(path, Path(d))))
     return AutoTokenizer.from_pretrained(path)
 
 
