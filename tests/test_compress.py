@@ -75,7 +75,7 @@ def teacher(ray_cluster, labeled, tokenizers, tmp_path_factory) -> Path:
     return out / "model"
 
 
-def compress(teacher: Path, data, out: Path, *overrides: str) -> dict:
+def compress(teacher: Path, data, out: Path | str, *overrides: str) -> dict:
     return raylm.run(
         "compress",
         [*DISTILL, f"model.init_from={teacher}", *data_keys(data), f"output_dir={out}", *overrides],
@@ -83,8 +83,24 @@ def compress(teacher: Path, data, out: Path, *overrides: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def chain(teacher, labeled, tmp_path_factory) -> dict:
-    return compress(teacher, labeled, tmp_path_factory.mktemp("chain") / "out")
+def chain(teacher, labeled, s3, tmp_path_factory) -> dict:
+    """distill -> prune -> quantize with output_dir in S3 (the training step runs and
+    exports there, the others are written here and pushed); the tests read a copy."""
+    from raylm._internal.storage import RunDir
+
+    uri = s3("compress/chain")
+    summary = compress(teacher, labeled, f"'{uri}'")
+    store = RunDir(uri)
+    assert summary["output_dir"] == uri
+    assert summary["models"]["quantize"] == store.uri("quantize")
+    assert summary["report"]["md"] == store.uri("report.md")
+    out = store.pull("", tmp_path_factory.mktemp("chain") / "out")
+    # raylm.json records where each step read from as the user finds it: in the store.
+    from raylm.models.artifact import Artifact
+
+    entries = Artifact.read(out / "quantize").compression["chain"]
+    assert [e["source"] for e in entries[1:]] == [store.uri("distill"), store.uri("prune")]
+    return {**summary, "output_dir": str(out)}
 
 
 def eval_texts(data) -> tuple[list[str], list[str]]:

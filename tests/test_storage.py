@@ -83,34 +83,36 @@ def test_a_path_location_is_used_as_it_is(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "command, override, key",
+    "command, args, key",
     [
-        ("predict", "output=s3://b/preds.jsonl", "output"),
-        ("predict", "input=gs://b/in.jsonl", "input"),
-        ("compress", "output_dir=s3://b/compress", "output_dir"),
-        ("sweep", "output_dir=s3://b/sweep", "output_dir"),
-        ("tokenizer", "tokenizer.path=s3://b/tok", "tokenizer.path"),
-        ("serve", "serve.export=s3://b/serve.yaml", "serve.export"),
-        ("pretrain", "data.train_files=[s3://b/corpus.txt]", "data.train_files"),
+        ("predict", ["model_dir={d}", "input={d}/in.jsonl", "output=s3://b/p.jsonl"], "output"),
+        ("predict", ["model_dir={d}", "input=gs://b/in.jsonl", "output={d}/o.jsonl"], "input"),
+        (
+            "predict",
+            ["model_dir=s3://b/m", "input={d}/in.jsonl", "output={d}/o.jsonl"],
+            "model_dir",
+        ),
+        (
+            "tokenizer",
+            ["data.train_files=[{d}/c.txt]", "tokenizer.path=s3://b/tok"],
+            "tokenizer.path",
+        ),
+        ("serve", ["model_dir={d}", "serve.export=s3://b/serve.yaml"], "serve.export"),
+        ("serve", ["serve.models=[cls:s3://b/m]"], "serve.models"),
+        (
+            "pretrain",
+            ["data.train_files=[s3://b/corpus.txt]", "output_dir={d}/o"],
+            "data.train_files",
+        ),
     ],
 )
-def test_keys_that_take_paths_refuse_a_uri_by_name(command, override, key, tmp_path, tokenizers):
+def test_keys_that_take_paths_refuse_a_uri_by_name(command, args, key, tmp_path, tokenizers):
     """Without the refusal, s3://b/x would quietly become a local directory ./s3:/b/x."""
     (tmp_path / "in.jsonl").write_text('{"text": "a"}\n')
     (tmp_path / "c.txt").write_text("some text\n")
-    base = {
-        "predict": ["model_dir=" + str(tmp_path), f"input={tmp_path / 'in.jsonl'}"],
-        "compress": [],
-        "sweep": ["base=compress"],  # a sweep of pretrain / finetune runs takes URIs
-        "tokenizer": [f"data.train_files=[{tmp_path / 'c.txt'}]"],
-        "serve": [],
-        "pretrain": [f"tokenizer.path={tokenizers['bpe']}", f"output_dir={tmp_path / 'o'}"],
-    }[command]
-    args = [*base, override]
-    if command == "predict" and key == "input":
-        args.append(f"output={tmp_path / 'o.jsonl'}")
-    if command == "serve":
-        args.append(f"model_dir={tmp_path}")
+    args = [a.format(d=tmp_path) for a in args]
+    if command == "pretrain":
+        args.append(f"tokenizer.path={tokenizers['bpe']}")
     with pytest.raises(raylm.ConfigError, match="is a URI; this key takes a path") as err:
         raylm.run(command, args)
     assert err.value.key == key

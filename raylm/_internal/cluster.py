@@ -60,14 +60,20 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
         )
 
 
-def remote_task(fn, **resources: Any):
+def remote_task(fn, here: bool = False, **resources: Any):
     """``ray.remote(fn)`` with its own resources, scheduled outside any placement group
     the caller runs in. A sweep trial runs inside Tune's placement group, which Tune makes
     capture child tasks; its bundle holds no CPUs, so a captured 1-CPU task could never
-    be scheduled there."""
+    be scheduled there. ``here``: on this process's node (the task reads files that only
+    this node has, such as a URI output_dir's mirror)."""
     import ray
 
-    return ray.remote(scheduling_strategy="DEFAULT", **resources)(fn)
+    strategy: Any = "DEFAULT"
+    if here:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), False)
+    return ray.remote(scheduling_strategy=strategy, **resources)(fn)
 
 
 def check_shared_path(path: str, key: str) -> None:

@@ -8,8 +8,11 @@ store, so each process works in a node-local mirror of the run and copies what i
 wrote up (:meth:`RunDir.push`) and what it needs down (:meth:`RunDir.pull`). Ray Train
 writes its checkpoints to the store itself (:meth:`RunDir.storage`), which is what lets
 a worker restarted on another node, or a ``resume=true`` run from another machine,
-continue the run. Credentials come from where pyarrow looks (``AWS_*`` variables,
-instance roles, ``GOOGLE_APPLICATION_CREDENTIALS``), never from the config.
+continue the run. A model a run starts from (``model.init_from``, a compress teacher,
+its tokenizer) may be a URI too: each process that loads it fetches its own copy
+(:func:`fetch`, :func:`fetch_tokenizer`). Credentials come from where pyarrow looks
+(``AWS_*`` variables, instance roles, ``GOOGLE_APPLICATION_CREDENTIALS``), never from
+the config.
 """
 
 from __future__ import annotations

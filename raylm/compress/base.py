@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 from ..config.errors import ConfigError
 from ..tasks import Task
 
+RUNS_DIR = "runs"
+
 
 @dataclasses.dataclass
 class StepContext:
@@ -27,10 +29,20 @@ class StepContext:
 
     c: dict[str, Any]  # the compress job's resolved config (plain dict)
     task: Task
-    teacher_dir: Path  # model.init_from, the model the chain started from
+    teacher_dir: Path  # model.init_from, the model the chain started from (read here)
     teacher_config: Any  # its transformers config
-    output_dir: Path  # the job's output_dir; the step writes output_dir/<name>
+    output_dir: Path  # where the step writes <name> here (a URI output_dir's mirror)
     chain: list[dict[str, Any]]  # entries of the steps before this one
+    # output_dir as given: a path (then output_dir itself) or a URI (see _internal.storage)
+    location: str = ""
+    teacher_location: str = ""  # model.init_from as given (what training workers load)
+    in_store: set[str] = dataclasses.field(default_factory=set)  # steps exported there
+
+    @property
+    def store(self):
+        from .._internal.storage import RunDir
+
+        return RunDir(self.location or str(self.output_dir))
 
     def settings(self, method: str) -> dict[str, Any]:
         return dict(self.c["compress"].get(method) or {})
@@ -46,17 +58,36 @@ class StepContext:
         """Whether the method's training run may continue from its checkpoints: only under
         resume=true and for an interrupted run with the same inputs (recorded here on its
         first start); otherwise it starts over."""
-        run_dir = self.run_dir(method)
+        run_dir, store, name = self.run_dir(method), self.store, f"runs/{method}"
         record = run_dir / "inputs.json"
         inputs = {
             "chain": [(e["method"], e["settings"]) for e in self.chain],
             "settings": self.settings(method),
             "fingerprint": self.fingerprint(),
         }
-        same = record.exists() and json.loads(record.read_text()) == json.loads(json.dumps(inputs))
+        before = store.read_text(f"{name}/inputs.json")
+        same = before is not None and json.loads(before) == json.loads(json.dumps(inputs))
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(inputs))
-        return bool(self.c["resume"] and same and (run_dir / "checkpoints").exists())
+        store.push(f"{name}/inputs.json", record)
+        return bool(self.c["resume"] and same and store.exists(f"{name}/checkpoints"))
+
+    def stage(self, method: str, local: Path) -> str:
+        """Where training workers read ``local`` (a dir under ``run_dir(method)``, such as
+        a student's initial weights): itself, or its copy pushed to the store."""
+        store = self.store
+        if not store.remote:
+            return str(local)
+        name = f"runs/{method}/{local.name}"
+        store.remove(name)
+        store.push(name, local)
+        return store.uri(name)
+
+    def fetch_staged(self, method: str, local: Path) -> bool:
+        """Whether ``local`` (see :meth:`stage`) exists, fetched from the store if need be."""
+        if not local.exists() and self.store.remote:
+            self.store.pull(f"runs/{method}/{local.name}", local)
+        return local.exists()
 
     def load_hint(self) -> str:
         """How to load a torch artifact of this task, recorded in raylm.json."""
@@ -81,9 +112,11 @@ class StepContext:
         c = copy.deepcopy(self.c)
         for key in ("labels", "tokenizer_path"):  # derived again by prepare()
             c.pop(key, None)
+        store = self.store
         c.update(
-            output_dir=str(self.run_dir(method)),
-            export_dir=str(self.output_dir / method),
+            output_dir=store.uri(RUNS_DIR, method),
+            # In a store the workers export there; the later steps read a copy from here.
+            export_dir=store.uri(method) if store.remote else str(self.output_dir / method),
             resume=resume,
             overwrite=True,
             compression={"chain": [*self.chain, entry], "load": self.load_hint()},
@@ -91,24 +124,37 @@ class StepContext:
         if objective:
             c["objective"] = objective
         c["trainer"].update(trainer or {})
-        c["model"]["init_from"] = c["tokenizer"]["path"] = str(init_dir)
+        c["model"]["init_from"] = c["tokenizer"]["path"] = self.stage(method, init_dir)
         prepared = train_job.prepare(c)
         prepared["model"]["name"] = name
-        return train_job.fit(prepared)
+        summary = train_job.fit(prepared)
+        if store.remote:
+            store.pull(method, self.output_dir / method)
+            self.in_store.add(method)
+        return summary
 
     def entry(self, method: str, source: Path, **fields: Any) -> dict[str, Any]:
         """The start of a step's chain entry: method, settings, source, fingerprint."""
         return {
             "method": method,
             "settings": self.settings(method),
-            "source": str(source),
+            "source": self.where(source),
             "fingerprint": self.fingerprint(),
             **fields,
         }
 
+    def where(self, path: Path) -> str:
+        """A directory of this job as the user finds it (what raylm.json records): the
+        teacher as given, a step's output in the store for a URI output_dir."""
+        if path == self.teacher_dir:
+            return self.teacher_location or str(path)
+        if self.store.remote and self.output_dir in path.parents:
+            return self.store.uri(path.relative_to(self.output_dir).as_posix())
+        return str(path)
+
     def run_dir(self, method: str) -> Path:
         """Where a training step keeps its metrics, checkpoints and loss curve."""
-        return self.output_dir / "runs" / method
+        return self.output_dir / RUNS_DIR / method
 
 
 class Method(abc.ABC):

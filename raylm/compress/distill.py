@@ -54,9 +54,17 @@ class Distillation(Objective):
         precision: str = "fp32",
     ):
         super().__init__(task, device)
+        import tempfile
+
+        from .._internal.storage import fetch, is_uri
         from ..models.runtime import load_for_inference
 
-        self.teacher = load_for_inference(teacher_dir, task.name, str(device))
+        if is_uri(teacher_dir):  # in a store: this worker reads its own copy
+            with tempfile.TemporaryDirectory(prefix="raylm-teacher-") as d:
+                local = fetch(teacher_dir, Path(d) / "teacher", "model.init_from")
+                self.teacher = load_for_inference(str(local), task.name, str(device))
+        else:
+            self.teacher = load_for_inference(teacher_dir, task.name, str(device))
         if precision == "bf16":
             self.teacher.to(torch.bfloat16)
         for p in self.teacher.parameters():
@@ -224,16 +232,16 @@ class Distill(Method):
         shape = student_shape(ctx.teacher_config, s)
         student_init = ctx.run_dir(self.name) / "student_init"
         resume = ctx.resume_training(self.name)
-        if resume and student_init.exists():
+        if resume and ctx.fetch_staged(self.name, student_init):
             init = {"from": "an earlier run's student_init"}
         else:
             init = build_student(source, ctx.task, shape, student_init)
         entry = ctx.entry(
-            self.name, source, teacher=str(ctx.teacher_dir), student={**shape, "init": init}
+            self.name, source, teacher=ctx.where(ctx.teacher_dir), student={**shape, "init": init}
         )
         objective = {
             "target": f"{Distillation.__module__}:{Distillation.__name__}",
-            "teacher_dir": str(ctx.teacher_dir),
+            "teacher_dir": ctx.teacher_location or str(ctx.teacher_dir),  # what workers read
             "alpha": s["alpha"],
             "temperature": s["temperature"],
             "cosine_weight": s["cosine_weight"],
@@ -243,7 +251,7 @@ class Distill(Method):
             self.name,
             student_init,
             entry,
-            f"student of {ctx.teacher_dir}",
+            f"student of {ctx.where(ctx.teacher_dir)}",
             resume,
             objective=objective,
         )

@@ -9,6 +9,7 @@ training steps use, and the output directory.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray, remote_task
 from .._internal.logs import quiet_libraries
+from .._internal.storage import RunDir, fetch, is_uri
 from ..config import ConfigError, validate_training
 from ..config.validate import get_key, local_path
-from ..models.artifact import Artifact, model_info
+from ..models.artifact import ARTIFACT_FILE, Artifact, model_info
 from ..tasks import get_task
 
 # Each method registers itself on import.
 from . import distill, prune, quantize  # noqa: F401, E402, I001
-from .base import METHODS, StepContext
+from .base import METHODS, RUNS_DIR, StepContext
 from .report import REPORT_FILES, build_report, write_report
-
-RUNS = "runs"
 
 
 def _check_steps(steps: list[str]) -> None:
@@ -72,10 +72,21 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     c = copy.deepcopy(c)
-    local_path(c["output_dir"], "output_dir")  # compress writes a directory tree here
     teacher = c["model"]["init_from"]
     if not teacher:
         raise ConfigError("model.init_from", "give the model to compress: model.init_from=DIR")
+    # A URI output_dir: steps are written in a local mirror and pushed, training steps run
+    # in the store; a URI teacher is read here from a copy (see _internal.storage).
+    location = c["output_dir"]
+    remote = is_uri(location)
+    out = (
+        RunDir(location, run_id=os.urandom(8).hex()).local
+        if remote
+        else local_path(location, "output_dir").resolve()
+    )
+    teacher_location = teacher
+    if is_uri(teacher):
+        teacher = str(fetch(teacher, out / ".teacher", "model.init_from"))
     info = model_info(teacher, "model.init_from")
     if info["runtime"] != "torch":
         raise ConfigError(
@@ -102,8 +113,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
         )
     teacher_config = load_init_config(teacher)
     validate_training(c, init_config=teacher_config)
-    out = local_path(c["output_dir"], "output_dir").resolve()
-    c["output_dir"] = str(out)
+    c["output_dir"] = location if remote else str(out)
     c["tokenizer_path"] = str(Path(teacher).expanduser().resolve())
     ctx = StepContext(
         c=c,
@@ -112,6 +122,8 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
         teacher_config=teacher_config,
         output_dir=out,
         chain=[],
+        location=c["output_dir"],
+        teacher_location=teacher_location,
     )
     for name in steps:
         METHODS[name].check_task(task.name)
@@ -125,7 +137,6 @@ def check(cfg: DictConfig | dict[str, Any], files: bool = True) -> list[str]:
         prepare(cfg)
         return []
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    local_path(c["output_dir"], "output_dir")
     if not c["model"]["init_from"]:
         raise ConfigError("model.init_from", "give the model to compress: model.init_from=DIR")
     steps = list(c["compress"]["steps"])
@@ -139,25 +150,25 @@ def check(cfg: DictConfig | dict[str, Any], files: bool = True) -> list[str]:
 
 
 def check_output_dir(ctx: StepContext) -> None:
-    c, out = ctx.c, ctx.output_dir
-    ours = [out / name for name in (*METHODS, RUNS, *REPORT_FILES)]
-    previous = [p for p in ours if p.exists()]
+    c, store = ctx.c, ctx.store
+    previous = [n for n in (*METHODS, RUNS_DIR, *REPORT_FILES) if store.exists(n)]
     if not previous or c["resume"]:
         return
     if not c["overwrite"]:
         raise ConfigError(
             "output_dir",
-            f"{out} holds an earlier compress run; set resume=true to reuse its finished steps "
-            "or overwrite=true to replace it",
+            f"{store} holds an earlier compress run; set resume=true to reuse its finished "
+            "steps or overwrite=true to replace it",
         )
-    for p in previous:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for name in previous:
+        store.remove(name)
 
 
 def _finished(ctx: StepContext, name: str) -> bool:
     """With resume=true: the step's artifact exists and was made by the same chain of
     methods with the same settings, from the same teacher, data and training keys."""
-    artifact = Artifact.read(ctx.output_dir / name) if ctx.c["resume"] else None
+    text = ctx.store.read_text(f"{name}/{ARTIFACT_FILE}") if ctx.c["resume"] else None
+    artifact = Artifact.loads(text) if text else None
     if artifact is None or not artifact.compression:
         return False
 
@@ -177,7 +188,8 @@ def measure_all(ctx: StepContext, dirs: dict[str, Path]) -> list[dict[str, Any]]
 
     docs = load_documents(ctx.c)  # the same seeded eval split fine-tuning held out
     rows = encode_rows(ctx.c, docs["eval"])
-    remote = remote_task(measure_model, num_cpus=ctx.c["compress"]["report"]["threads"])
+    threads = ctx.c["compress"]["report"]["threads"]
+    remote = remote_task(measure_model, here=ctx.store.remote, num_cpus=threads)
     out = []
     for name, path in dirs.items():
         print(f"measuring {name} ...", flush=True)
@@ -194,18 +206,33 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_output_dir(ctx)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     init_ray(c)
-    check_shared_path(str(ctx.output_dir), "output_dir")
+    store = ctx.store
+    if not store.remote:  # a store is every node's by definition
+        check_shared_path(str(ctx.output_dir), "output_dir")
+    try:
+        return _run_steps(ctx)
+    finally:
+        store.clean_mirror()
+        shutil.rmtree(ctx.output_dir / ".teacher", ignore_errors=True)  # a URI's copy
+
+
+def _run_steps(ctx: StepContext) -> dict[str, Any]:
+    c, store = ctx.c, ctx.store
     dirs = {"teacher": ctx.teacher_dir}
     source = ctx.teacher_dir
     rerun = False  # once a step runs again, every later one does: its input changed
     for name in c["compress"]["steps"]:
         method = METHODS[name]
         if not rerun and _finished(ctx, name):
-            print(f"\n== {name}: finished earlier, kept ({ctx.output_dir / name})")
+            print(f"\n== {name}: finished earlier, kept ({store.uri(name)})")
+            store.pull(name, ctx.output_dir / name)  # a later step or the report reads it
             entry = Artifact.read(ctx.output_dir / name).compression["chain"][-1]
         else:
             print(f"\n== {name} {ctx.settings(name)}", flush=True)
             entry = method.apply(source, ctx)
+            if store.remote and name not in ctx.in_store:  # written here: up it goes
+                store.remove(name)
+                store.push(name, ctx.output_dir / name, last=ARTIFACT_FILE)
             rerun = True
         ctx.chain.append(entry)
         source = dirs[name] = ctx.output_dir / name
@@ -217,11 +244,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     paths = write_report(report, ctx.output_dir)
     print(paths["md"].read_text())
-    print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
+    for path in paths.values():
+        store.push(path.name, path)
+    where = {k: store.uri(p.name) for k, p in paths.items()}
+    print(f"report: {where['json']}, {where['md']}, {where['png']}")
+    models = {name: store.uri(name) for name in dirs if name != "teacher"}
     return {
-        "output_dir": str(ctx.output_dir),
-        "models": {name: str(p) for name, p in dirs.items()},
-        "report": {k: str(p) for k, p in paths.items()},
+        "output_dir": store.location,
+        "models": {"teacher": ctx.teacher_location or str(ctx.teacher_dir), **models},
+        "report": where,
         "rows": report["models"],
         "targets": report["targets"],
     }

@@ -231,7 +231,9 @@ class Prune(Method):
         if c["scaling"]["use_gpu"]:
             resources["num_gpus"] = c["scaling"]["gpus_per_worker"]
         scores = ray.get(
-            remote_task(importance, **resources).remote(str(source), ctx.task.name, rows, c)
+            remote_task(importance, here=ctx.store.remote, **resources).remote(
+                str(source), ctx.task.name, rows, c
+            )
         )
         keep_heads = select([h for h, _ in scores], n_heads)
         keep_neurons = select([n for _, n in scores], n_neurons)
@@ -247,7 +249,7 @@ class Prune(Method):
             self.name,
             pruned_dir,
             entry,
-            f"pruned {source}",
+            f"pruned {ctx.where(source)}",
             ctx.resume_training(self.name),
             trainer={"max_steps": s["recovery_steps"], "epochs": None},
         )

@@ -22,16 +22,16 @@ DATA_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".parquet")
 
 
 def local_path(value: Any, key: str) -> Path:
-    """``value`` as a path; a URI is refused by name. Only a training run's output_dir
-    goes through a store (``_internal.storage``): without this, ``s3://b/x`` would
-    quietly become a local directory ``./s3:/b/x``."""
+    """``value`` as a path; a URI is refused by name. Only output_dir and model.init_from
+    go through a store (``_internal.storage``): without this, ``s3://b/x`` would quietly
+    become a local directory ``./s3:/b/x``."""
     from .._internal.storage import is_uri
 
     if is_uri(value):
         raise ConfigError(
             key,
             f"{value} is a URI; this key takes a path (a shared mount on a multi-node "
-            "cluster). URIs such as s3:// are taken by pretrain and finetune's output_dir",
+            "cluster). URIs such as s3:// are for output_dir and model.init_from",
         )
     return Path(os.path.expanduser(str(value)))
 

@@ -31,6 +31,7 @@ def validate_predict(c: dict[str, Any], files: bool = True) -> dict[str, Any] | 
     from ..tasks import get_task
 
     info = None
+    local_path(c["model_dir"], "model_dir")
     src, dst = local_path(c["input"], "input"), local_path(c["output"], "output")
     if files:
         info = model_info(c["model_dir"])

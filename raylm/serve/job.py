@@ -42,6 +42,7 @@ def resolve_models(c: dict[str, Any], files: bool | None = True) -> dict[str, di
         raise ConfigError("model_dir", "give model_dir=DIR or serve.models=[name:DIR,...]")
     for name, path in entries:
         key = "model_dir" if name is None else "serve.models"
+        local_path(path, key)  # replicas load from a path (a shared mount on a cluster)
         name = name or _default_name(path)
         if not _NAME.match(name):
             raise ConfigError(key, f"model name {name!r}: use letters, digits, _ . -")

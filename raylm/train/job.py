@@ -100,7 +100,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     # A URI (s3://, gs://, ...) stays as written: see _internal.storage.
     if is_uri(c["output_dir"]):
         RunDir(c["output_dir"])  # opens the URI here, so a malformed one is one line
-        c.setdefault("export_dir", None)  # output_dir/model, through the store
+        c.setdefault("export_dir", RunDir(c["output_dir"]).uri("model"))  # in the store too
     else:
         out = Path(c["output_dir"]).expanduser().resolve()
         c["output_dir"] = str(out)
@@ -321,13 +321,10 @@ def checkpoint_location(out: RunDir, checkpoint) -> str | None:
 
 def report(c: dict[str, Any], out: RunDir, result) -> dict[str, Any]:
     """Plot the loss curve (and confusion matrix) next to the run's metrics; the summary."""
-    model_dir = c["export_dir"] or out.uri("model")
+    model_dir = c["export_dir"]
     curve = plot_loss_curve(out.pull(METRICS_FILE).parent)
     out.push(LOSS_CURVE_FILE)
-    if out.remote:
-        artifact = Artifact.loads(out.read_text(f"model/{ARTIFACT_FILE}"))
-    else:
-        artifact = Artifact.read(model_dir)
+    artifact = Artifact.loads(RunDir(model_dir).read_text(ARTIFACT_FILE))
     summary = {
         "output_dir": str(out),
         "model_dir": str(model_dir),

@@ -395,10 +395,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if log:
         log.close()
         if run.remote:
-            run.remove("model")  # raylm.json goes up last: the model counts once it is there
-            run.push("model", last=ARTIFACT_FILE)
+            target = RunDir(cfg["export_dir"])  # output_dir/model, or a compress step's dir
+            target.remove("")  # raylm.json goes up last: the model counts once it is there
+            target.push("", run.local / "model", last=ARTIFACT_FILE)
             run.push(METRICS_FILE)
             run.push("tensorboard")
             run.clean_mirror()
-            path = run.uri("model")
+            path = target.location
         print(f"exported {path}")

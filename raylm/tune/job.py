@@ -133,8 +133,6 @@ def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
     # in a local mirror (``out``) and pushed (see _internal.storage).
     location = c["output_dir"]
     if is_uri(location):
-        if base == "compress":
-            local_path(location, "output_dir")  # refused, as raylm compress refuses it
         if files:  # opens the store: a malformed URI is one line, here
             RunDir(location)
         out = Path(tempfile.gettempdir()) / "raylm-runs" / f"sweep-{os.urandom(8).hex()}"
