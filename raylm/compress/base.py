@@ -40,9 +40,10 @@ class StepContext:
 
     @property
     def store(self):
-        from .._internal.storage import RunDir
+        """The job's output location: the store for a URI, else ``output_dir`` itself."""
+        from .._internal.storage import RunDir, is_uri
 
-        return RunDir(self.location or str(self.output_dir))
+        return RunDir(self.location if is_uri(self.location) else str(self.output_dir))
 
     def settings(self, method: str) -> dict[str, Any]:
         return dict(self.c["compress"].get(method) or {})
