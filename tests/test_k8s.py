@@ -89,6 +89,7 @@ def test_rayservice_serve_config_is_what_raylm_exports(tmp_path):
             "serve.models=[cls:/runs/compress/quantize]",
             "serve.host=0.0.0.0",
             "serve.autoscaling.max_replicas=4",
+            "serve.auth_token_file=/etc/raylm-serve/token",
             f"serve.export={out}",
         ],
     )

@@ -293,6 +293,74 @@ def test_exported_config_deploys_the_same_application(url, model_dirs, tmp_path)
         serve.delete("exported")
 
 
+def test_bearer_token_and_cors_from_an_exported_config(url, model_dirs, tmp_path):
+    """serve.auth_token_file + serve.cors_origins, deployed from the exported config as a
+    RayService would: the file's token is wanted on every route but /healthz (401 without,
+    403 wrong), never written to the config or shown by /v1/models; CORS headers go to
+    the configured origin only, and the app without these settings sends none."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    token = "s3cr3t-" + os.urandom(8).hex()
+    (tmp_path / "token").write_text(token + "\n")
+    origin = "https://app.example"
+    path = tmp_path / "serve.yaml"
+    raylm.run(
+        "serve",
+        [
+            f"serve.models=[cls:{model_dirs['cls']}]",
+            f"serve.port={PORT}",
+            "serve.cpus_per_replica=0.25",
+            f"serve.auth_token_file={tmp_path / 'token'}",
+            f"serve.cors_origins=[{origin}]",
+            f"serve.export={path}",
+            "serve.app_name=secure",
+            "serve.route_prefix=/secure",
+        ],
+    )
+    assert token not in path.read_text()
+    config = yaml.safe_load(path.read_text())
+    assert config["applications"][0]["args"]["auth_token_file"] == str(tmp_path / "token")
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    try:
+        deadline = time.time() + 120
+        while serve.status().applications["secure"].status != "RUNNING":
+            assert time.time() < deadline, serve.status().applications["secure"]
+            time.sleep(1)
+        base = url + "/secure"
+        body = {"texts": TEXTS}
+        assert requests.get(base + "/healthz", timeout=30).status_code == 200  # open
+
+        missing = post(base, "/v1/classify", body)
+        assert missing.status_code == 401 and missing.json()["field"] == "authorization"
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        wrong = post(base, "/v1/classify", body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403 and wrong.json()["field"] == "authorization"
+        assert token not in missing.text + wrong.text
+
+        auth = {"Authorization": f"Bearer {token}"}
+        ok = post(base, "/v1/classify", body, headers={**auth, "Origin": origin})
+        assert ok.status_code == 200
+        assert ok.json()["results"] == post(url, "/v1/classify", body).json()["results"]
+        assert ok.headers["Access-Control-Allow-Origin"] == origin
+        models = requests.get(base + "/v1/models", headers=auth, timeout=30)
+        assert models.status_code == 200 and token not in models.text
+
+        # A browser's preflight (no credentials), from the allowed origin and another.
+        preflight = {"Access-Control-Request-Method": "POST", "Origin": origin}
+        pre = requests.options(base + "/v1/classify", headers=preflight, timeout=30)
+        assert pre.status_code == 200 and pre.headers["Access-Control-Allow-Origin"] == origin
+        other = {**preflight, "Origin": "https://elsewhere.example"}
+        assert requests.options(base + "/v1/classify", headers=other, timeout=30).status_code == 400
+        stranger = post(base, "/v1/classify", body, headers={**auth, "Origin": other["Origin"]})
+        assert "Access-Control-Allow-Origin" not in stranger.headers
+        plain = post(url, "/v1/classify", body, headers={"Origin": origin})
+        assert plain.status_code == 200 and "Access-Control-Allow-Origin" not in plain.headers
+    finally:
+        serve.delete("secure")
+
+
 def test_raylm_serve_command_prints_url_and_stops_on_ctrl_c(model_dirs, tmp_path):
     """The CLI on its own embedded cluster: URL printed, requests answered, SIGINT ends it
     with status 0."""
@@ -359,6 +427,29 @@ def test_bad_serve_config_names_the_key(overrides, key, message, tmp_path):
         check("serve", [f"serve.export={tmp_path / 'serve.yaml'}", *overrides])
     assert err.value.key == key and message in err.value.message
     assert not (tmp_path / "serve.yaml").exists()
+
+
+def test_a_token_that_is_not_there_names_its_key(model_dirs, tmp_path, monkeypatch):
+    """Served here, the token must be here: an unset variable, a missing or empty file,
+    or both keys given, each one line naming the key."""
+    from raylm.api import check
+
+    monkeypatch.delenv("RAYLM_NO_SUCH_TOKEN", raising=False)
+    (tmp_path / "empty").write_text("\n")
+    cases = [
+        (["serve.auth_token_env=RAYLM_NO_SUCH_TOKEN"], "serve.auth_token_env", "is not set"),
+        ([f"serve.auth_token_file={tmp_path / 'nope'}"], "serve.auth_token_file", "missing"),
+        ([f"serve.auth_token_file={tmp_path / 'empty'}"], "serve.auth_token_file", "empty"),
+        (
+            ["serve.auth_token_env=HOME", f"serve.auth_token_file={tmp_path / 'empty'}"],
+            "serve.auth_token_env",
+            "give one of them",
+        ),
+    ]
+    for overrides, key, message in cases:
+        with pytest.raises(raylm.ConfigError) as err:
+            check("serve", [f"model_dir={model_dirs['cls']}", *overrides])
+        assert err.value.key == key and message in err.value.message, err.value
 
 
 def test_duplicate_model_names_and_wrong_task_dirs(model_dirs, tmp_path):

@@ -290,6 +290,13 @@ class ServeConfig:
     max_texts: int = 64
     max_chars: int = 2000
     max_new_tokens: int = 256
+    # Bearer-token auth on every route but /healthz: the name of an environment variable
+    # that holds the token, or a file that does (a Kubernetes Secret mounted in the pod).
+    # The exported Serve config names the variable or file, never the token.
+    auth_token_env: str | None = None
+    auth_token_file: str | None = None
+    # Origins a browser may call from (CORS); empty: none, the browser default.
+    cors_origins: list[str] = field(default_factory=list)
 
 
 @dataclass

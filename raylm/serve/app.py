@@ -27,8 +27,13 @@ DEFAULTS: dict[str, Any] = {
     "max_texts": 64,
     "max_chars": 2000,
     "max_new_tokens": 256,
+    "auth_token_env": None,
+    "auth_token_file": None,
+    "cors_origins": [],
 }
 LIMITS = ("max_texts", "max_chars", "max_new_tokens", "retry_after_s")
+# Who may call: where the bearer token is (never the token itself), and CORS origins.
+ACCESS = ("auth_token_env", "auth_token_file", "cors_origins")
 # The ingress only parses JSON and forwards: no CPU reserved, and never the bottleneck
 # queue (overload is measured, and answered, at the model deployments).
 GATEWAY_OPTIONS = {"max_ongoing_requests": 1000, "ray_actor_options": {"num_cpus": 0}}
@@ -69,7 +74,9 @@ def build_app(args: dict[str, Any]):
         )
         for name, model_dir in a["models"].items()
     }
-    return Gateway.options(name=GATEWAY, **GATEWAY_OPTIONS).bind(handles, {k: a[k] for k in LIMITS})
+    return Gateway.options(name=GATEWAY, **GATEWAY_OPTIONS).bind(
+        handles, {k: a[k] for k in LIMITS}, {k: a[k] for k in ACCESS}
+    )
 
 
 def serve_config(

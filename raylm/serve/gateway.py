@@ -11,7 +11,10 @@ body for a query parameter.)
 """
 
 import asyncio
+import hmac
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.middleware.cors import CORSMiddleware
 
 from .schemas import (
     ClassifyResponse,
@@ -84,13 +88,124 @@ async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
     )
 
 
+def read_token(access: dict[str, Any]) -> str | None:
+    """The bearer token ``access`` points at (an env var's value or a file's text), or
+    None when auth is off. Raises ValueError naming the key when it points at nothing."""
+    env, file = access.get("auth_token_env"), access.get("auth_token_file")
+    if env and file:
+        raise ValueError("serve.auth_token_env: give one of them or serve.auth_token_file")
+    if env:
+        token = os.environ.get(env, "").strip()
+        if not token:
+            raise ValueError(f"serve.auth_token_env: {env} is not set (or empty) here")
+        return token
+    if file:
+        path = Path(file).expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+        if not token:
+            raise ValueError(f"serve.auth_token_file: {file} is missing or empty")
+        return token
+    return None
+
+
+# This replica's access settings (Gateway.__init__ sets them; each replica is a process).
+_ACCESS: dict[str, Any] = {"token": None, "cors": None}
+
+
+class AccessMiddleware:
+    """CORS (Starlette's own rules, for the configured origins) and the bearer token on
+    every route but /healthz: 401 without one, 403 with a wrong one (compared in
+    constant time). A browser's preflight carries no credentials, so it comes first.
+
+    Plain ASGI, not ``@app.middleware``: with neither setting on, a request passes
+    straight through, and a streamed answer is not buffered."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        token, cors = _ACCESS["token"], _ACCESS["cors"]
+        if scope["type"] != "http" or (token is None and cors is None):
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        origin = request.headers.get("origin")
+        preflight = (
+            request.method == "OPTIONS" and "access-control-request-method" in request.headers
+        )
+        if cors and origin and preflight:
+            response = cors.preflight_response(request_headers=request.headers)
+            return await response(scope, receive, send)
+        if cors and origin and cors.is_allowed_origin(origin):
+            send = _with_cors_headers(send, cors, origin)
+        if token and not request.url.path.endswith("/healthz"):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not given.strip():
+                denied = _error(
+                    401,
+                    "authorization",
+                    "this server wants 'Authorization: Bearer <token>'",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return await denied(scope, receive, send)
+            if not hmac.compare_digest(given.strip().encode(), token.encode()):
+                denied = _error(403, "authorization", "the token is not this server's")
+                return await denied(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _with_cors_headers(send, cors: CORSMiddleware, origin: str):
+    """``send`` that adds the CORS headers for an allowed ``origin`` to the response."""
+    from starlette.datastructures import MutableHeaders
+
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            headers.update(cors.simple_headers)
+            if not cors.allow_all_origins:
+                headers["Access-Control-Allow-Origin"] = origin
+                headers.add_vary_header("Origin")
+        await send(message)
+
+    return sending
+
+
+api.add_middleware(AccessMiddleware)
+
+
+def configure_access(access: dict[str, Any]) -> None:
+    """Set this process's access settings from a Gateway's args.
+
+    A module function, not code in ``Gateway.__init__``: Serve ships the deployment class
+    by value, and a by-value function gets copies of the module globals it names, so an
+    ``_ACCESS`` written there would not be the one the middleware reads (measured: the
+    token was set and every request passed)."""
+    _ACCESS["token"] = read_token(access)
+    origins = access.get("cors_origins") or []
+    _ACCESS["cors"] = (
+        CORSMiddleware(
+            app=None,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+        if origins
+        else None
+    )
+
+
 # Handlers are registered before the class: serve.ingress takes the app as it is then.
 @serve.deployment
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, models: dict[str, DeploymentHandle], limits: dict[str, Any]):
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        limits: dict[str, Any],
+        access: dict[str, Any] | None = None,
+    ):
         self.handles = models
         self.limits = limits
+        configure_access(access or {})
         self.infos: dict[str, dict] = {}
         self.infos_lock = asyncio.Lock()
 

@@ -89,6 +89,20 @@ def validate_serve(c: dict[str, Any]) -> None:
             "deploys to a running cluster and returns; give ray.address (an embedded "
             "cluster would stop with this process)",
         )
+    if s["cors_origins"] and any(not str(o).strip() for o in s["cors_origins"]):
+        raise ConfigError("serve.cors_origins", "origins are like https://app.example.com")
+    if not s["export"] and not s["detach"]:
+        # Served here: the token must be here (an export or a detached deploy reads it
+        # where it runs, from the cluster's env or mounted Secret).
+        from .gateway import read_token
+
+        try:
+            read_token(s)
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise ConfigError(key, message) from None
+    elif s["auth_token_env"] and s["auth_token_file"]:
+        raise ConfigError("serve.auth_token_env", "give one of them or serve.auth_token_file")
     if not str(s["route_prefix"]).startswith("/"):
         raise ConfigError("serve.route_prefix", f"must start with /, got {s['route_prefix']!r}")
     if not 0 < s["port"] < 65536:
