@@ -7,6 +7,7 @@ overload are answered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -252,12 +253,27 @@ def test_overload_gets_503_with_retry_after_then_recovers(url, model_dirs):
         serve.delete("tight")
 
 
-def test_exported_config_deploys_the_same_application(url, model_dirs, tmp_path):
-    """serve.export writes a config Serve's own schema accepts; deploying it (what
-    `serve deploy` does) gives an application that answers like the one started here."""
+@contextlib.contextmanager
+def deployed(config: dict, name: str):
+    """An exported Serve config deployed as `serve deploy` does, running until the block ends."""
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    try:
+        deadline = time.time() + 120
+        while serve.status().applications[name].status != "RUNNING":
+            assert time.time() < deadline, serve.status().applications[name]
+            time.sleep(1)
+        yield
+    finally:
+        serve.delete(name)
+
+
+def test_exported_config_deploys_the_same_application(url, model_dirs, tmp_path):
+    """serve.export writes a config Serve's own schema accepts; deploying it (what
+    `serve deploy` does) gives an application that answers like the one started here."""
 
     path = tmp_path / "serve.yaml"
     summary = raylm.run(
@@ -280,17 +296,10 @@ def test_exported_config_deploys_the_same_application(url, model_dirs, tmp_path)
     assert deployment["autoscaling_config"]["max_replicas"] == 2
     assert deployment["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.0}
 
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
-    try:
-        deadline = time.time() + 120
-        while serve.status().applications["exported"].status != "RUNNING":
-            assert time.time() < deadline, serve.status().applications["exported"]
-            time.sleep(1)
+    with deployed(config, "exported"):
         body = {"texts": TEXTS}
         exported = post(url, "/exported/v1/classify", body).json()["results"]
         assert exported == post(url, "/v1/classify", body).json()["results"]
-    finally:
-        serve.delete("exported")
 
 
 def test_bearer_token_and_cors_from_an_exported_config(url, model_dirs, tmp_path):
@@ -298,9 +307,6 @@ def test_bearer_token_and_cors_from_an_exported_config(url, model_dirs, tmp_path
     RayService would: the file's token is wanted on every route but /healthz (401 without,
     403 wrong), never written to the config or shown by /v1/models; CORS headers go to
     the configured origin only, and the app without these settings sends none."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     token = "s3cr3t-" + os.urandom(8).hex()
     (tmp_path / "token").write_text(token + "\n")
@@ -322,12 +328,7 @@ def test_bearer_token_and_cors_from_an_exported_config(url, model_dirs, tmp_path
     assert token not in path.read_text()
     config = yaml.safe_load(path.read_text())
     assert config["applications"][0]["args"]["auth_token_file"] == str(tmp_path / "token")
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
-    try:
-        deadline = time.time() + 120
-        while serve.status().applications["secure"].status != "RUNNING":
-            assert time.time() < deadline, serve.status().applications["secure"]
-            time.sleep(1)
+    with deployed(config, "secure"):
         base = url + "/secure"
         body = {"texts": TEXTS}
         assert requests.get(base + "/healthz", timeout=30).status_code == 200  # open
@@ -357,8 +358,6 @@ def test_bearer_token_and_cors_from_an_exported_config(url, model_dirs, tmp_path
         assert "Access-Control-Allow-Origin" not in stranger.headers
         plain = post(url, "/v1/classify", body, headers={"Origin": origin})
         assert plain.status_code == 200 and "Access-Control-Allow-Origin" not in plain.headers
-    finally:
-        serve.delete("secure")
 
 
 def test_raylm_serve_command_prints_url_and_stops_on_ctrl_c(model_dirs, tmp_path):

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
-from .._internal.storage import RunDir, fetch, is_uri
+from .._internal.storage import RunDir, fetch, is_uri, uri_of
 from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import ARTIFACT_FILE, Artifact
@@ -99,8 +99,8 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
     # A URI (s3://, gs://, ...) stays as written: see _internal.storage.
     if is_uri(c["output_dir"]):
-        RunDir(c["output_dir"])  # opens the URI here, so a malformed one is one line
-        c.setdefault("export_dir", RunDir(c["output_dir"]).uri("model"))  # in the store too
+        store = RunDir(c["output_dir"])  # opens the URI here: a malformed one is one line
+        c.setdefault("export_dir", store.uri("model"))  # in the store too
     else:
         out = Path(c["output_dir"]).expanduser().resolve()
         c["output_dir"] = str(out)
@@ -314,9 +314,7 @@ def checkpoint_location(out: RunDir, checkpoint) -> str | None:
     """Where Ray Train put the last checkpoint, as the user wrote the location."""
     if checkpoint is None:
         return None
-    if not out.remote:
-        return checkpoint.path
-    return out.uri(Path(checkpoint.path).relative_to(out.path).as_posix())
+    return uri_of(out.location, checkpoint.path) if out.remote else checkpoint.path
 
 
 def report(c: dict[str, Any], out: RunDir, result) -> dict[str, Any]:
