@@ -39,6 +39,10 @@ def ray_cluster(s3):
     # import tests/custom_heads.py by name, as a user's own package would be imported.
     here = str(Path(__file__).resolve().parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    # Serve on this cluster (the serve tests) runs in raylm's default ingress mode.
+    from raylm.serve.ingress import DEFAULT, use
+
+    use(DEFAULT)
     # Logical CPUs above the machine's 2 cores: two 1-CPU train workers plus headroom for
     # Ray Data tasks, on CI as here.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -94,6 +94,15 @@ def test_rayservice_serve_config_is_what_raylm_exports(tmp_path):
         ],
     )
     assert doc["spec"]["serveConfigV2"] == out.read_text()
+    # The ingress mode is the cluster's environment: every Ray container has it.
+    from raylm.serve.ingress import DEFAULT, env
+
+    cluster = doc["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            have = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env(DEFAULT).items() <= have.items(), container["name"]
 
 
 def pod_specs() -> list[tuple[str, dict]]:

@@ -251,6 +251,10 @@ class AutoscalingConfig:
     min_replicas: int = 1
     max_replicas: int = 0
     target_ongoing_requests: float = 2.0
+    # How long load must stay above / below target before a replica is added / removed
+    # (Serve's defaults).
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
 
 
 @dataclass
@@ -268,6 +272,11 @@ class ServeConfig:
     port: int = 8000
     route_prefix: str = "/"
     app_name: str = "raylm"
+    # How HTTP reaches the app (raylm/serve/ingress.py): haproxy (the fastest measured),
+    # throughput (Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED proxy) or proxy (Serve's
+    # default). Set for the cluster raylm serve embeds; a cluster of its own (ray.address,
+    # a RayService) needs the mode's environment variables itself.
+    ingress: str = "haproxy"
     # Per model deployment.
     num_replicas: int = 1
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
@@ -290,6 +299,8 @@ class ServeConfig:
     max_texts: int = 64
     max_chars: int = 2000
     max_new_tokens: int = 256
+    # A request body past this many bytes is refused (413) as it arrives.
+    max_body_bytes: int = 1_048_576
     # Bearer-token auth on every route but /healthz: the name of an environment variable
     # that holds the token, or a file that does (a Kubernetes Secret mounted in the pod).
     # The exported Serve config names the variable or file, never the token.

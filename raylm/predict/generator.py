@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Below this a temperature is greedy decoding: its limit, and logits divided by a
+# subnormal temperature overflow to inf and sample NaN (found by the serve fuzz test).
+GREEDY_BELOW = 1e-6
+
 
 @dataclass
 class Sampling:
@@ -48,7 +52,7 @@ class Generator:
         )
 
         warpers = LogitsProcessorList()
-        if s.temperature == 0:
+        if s.temperature < GREEDY_BELOW:
             return warpers  # greedy: argmax, no warping
         if s.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(s.temperature))
@@ -71,7 +75,7 @@ class Generator:
         for _ in range(steps):
             out = self.model(input_ids=inputs, use_cache=True, **{self.cache_arg: past})
             past, logits = getattr(out, self.cache_arg), out.logits[:, -1, :].float()
-            if s.temperature == 0:
+            if s.temperature < GREEDY_BELOW:
                 token = logits.argmax(-1, keepdim=True)
             else:
                 probs = torch.softmax(warpers(ids, logits), -1)

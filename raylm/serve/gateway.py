@@ -1,5 +1,5 @@
-"""The HTTP ingress: FastAPI routes that check a request, pick the model, and call its
-deployment through a handle.
+"""The HTTP ingress: FastAPI routes that check a request, pick the model, and call it:
+through its deployment's handle, or in this process when the app serves one model.
 
 Every user mistake is a 4xx whose ``error`` names the field (never a 500); a model
 deployment whose queue is full answers 503 with ``Retry-After``, and the next request
@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .schemas import (
@@ -71,6 +72,28 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return _error(422, field, first.get("msg", "invalid value"))
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's and Starlette's own 4xx (an unknown path, a wrong method, a body that
+    would not parse) in the same ``{error, field}`` shape as raylm's."""
+    if exc.status_code == 404:
+        field, message = "path", f"no route {request.url.path}; see /docs"
+    elif exc.status_code == 405:
+        field, message = "method", f"{request.method} is not allowed here"
+    elif isinstance(exc.__cause__, RecursionError):
+        field, message = "body", "JSON nested too deeply"
+    else:
+        field, message = "body", str(exc.detail)
+    return _error(exc.status_code, field, message, getattr(exc, "headers", None))
+
+
+def answer(payload: dict[str, Any]) -> JSONResponse:
+    """A route's answer as it is: built by raylm's own code in the shape its
+    ``response_model`` documents (the serve tests compare them), so FastAPI's second
+    validation and serialization pass, per request, is skipped."""
+    return JSONResponse(payload)
+
+
 class Overloaded(Exception):
     """The model deployment's queue is full: 503, come back in ``retry_after_s``."""
 
@@ -108,35 +131,43 @@ def read_token(access: dict[str, Any]) -> str | None:
     return None
 
 
-# This replica's access settings (Gateway.__init__ sets them; each replica is a process).
-_ACCESS: dict[str, Any] = {"token": None, "cors": None}
+# This replica's request guard (Gateway.__init__ sets it; each replica is a process).
+_GUARD: dict[str, Any] = {"token": None, "cors": None, "max_body_bytes": None}
+JSON_TYPES = ("application/json",)
 
 
-class AccessMiddleware:
-    """CORS (Starlette's own rules, for the configured origins) and the bearer token on
-    every route but /healthz: 401 without one, 403 with a wrong one (compared in
-    constant time). A browser's preflight carries no credentials, so it comes first.
+class RequestGuard:
+    """What every request passes before a route sees it, as plain ASGI (a streamed
+    answer is not buffered):
 
-    Plain ASGI, not ``@app.middleware``: with neither setting on, a request passes
-    straight through, and a streamed answer is not buffered."""
+    - CORS (Starlette's own rules, for the configured origins); a browser's preflight
+      carries no credentials, so it comes first;
+    - the bearer token on every route but /healthz: 401 without one, 403 with a wrong
+      one (compared in constant time);
+    - a POST body: JSON (415 otherwise) of at most ``max_body_bytes`` (413, counted as
+      it arrives, so a client cannot make a replica hold more by lying about or leaving
+      out Content-Length)."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        token, cors = _ACCESS["token"], _ACCESS["cors"]
-        if scope["type"] != "http" or (token is None and cors is None):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        token, cors, limit = _GUARD["token"], _GUARD["cors"], _GUARD["max_body_bytes"]
+        if token is None and cors is None and scope["method"] != "POST":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        origin = request.headers.get("origin")
-        preflight = (
-            request.method == "OPTIONS" and "access-control-request-method" in request.headers
-        )
-        if cors and origin and preflight:
-            response = cors.preflight_response(request_headers=request.headers)
-            return await response(scope, receive, send)
-        if cors and origin and cors.is_allowed_origin(origin):
-            send = _with_cors_headers(send, cors, origin)
+        if cors is not None:
+            origin = request.headers.get("origin")
+            preflight = (
+                request.method == "OPTIONS" and "access-control-request-method" in request.headers
+            )
+            if origin and preflight:
+                response = cors.preflight_response(request_headers=request.headers)
+                return await response(scope, receive, send)
+            if origin and cors.is_allowed_origin(origin):
+                send = _with_cors_headers(send, cors, origin)
         if token and not request.url.path.endswith("/healthz"):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
@@ -150,7 +181,48 @@ class AccessMiddleware:
             if not hmac.compare_digest(given.strip().encode(), token.encode()):
                 denied = _error(403, "authorization", "the token is not this server's")
                 return await denied(scope, receive, send)
+        if request.method == "POST":
+            kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind and kind not in JSON_TYPES and not kind.endswith("+json"):
+                refused = _error(415, "content-type", f"is {kind}; send application/json")
+                return await refused(scope, receive, send)
+            if limit is not None:
+                body = await _read_at_most(receive, limit)
+                if body is None:
+                    refused = _error(413, "body", f"is larger than {limit} bytes (the limit)")
+                    return await refused(scope, receive, send)
+                receive = _replay(body, receive)
         return await self.app(scope, receive, send)
+
+
+async def _read_at_most(receive, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """``receive`` that hands the app the body already read, then the client's own."""
+    sent = False
+
+    async def receiving():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return receiving
 
 
 def _with_cors_headers(send, cors: CORSMiddleware, origin: str):
@@ -169,19 +241,20 @@ def _with_cors_headers(send, cors: CORSMiddleware, origin: str):
     return sending
 
 
-api.add_middleware(AccessMiddleware)
+api.add_middleware(RequestGuard)
 
 
-def configure_access(access: dict[str, Any]) -> None:
-    """Set this process's access settings from a Gateway's args.
+def configure_guard(access: dict[str, Any], max_body_bytes: int | None) -> None:
+    """Set this process's request guard from a Gateway's args.
 
     A module function, not code in ``Gateway.__init__``: Serve ships the deployment class
-    by value, and a by-value function gets copies of the module globals it names, so an
-    ``_ACCESS`` written there would not be the one the middleware reads (measured: the
+    by value, and a by-value function gets copies of the module globals it names, so a
+    ``_GUARD`` written there would not be the one the middleware reads (measured: the
     token was set and every request passed)."""
-    _ACCESS["token"] = read_token(access)
+    _GUARD["token"] = read_token(access)
+    _GUARD["max_body_bytes"] = max_body_bytes
     origins = access.get("cors_origins") or []
-    _ACCESS["cors"] = (
+    _GUARD["cors"] = (
         CORSMiddleware(
             app=None,
             allow_origins=origins,
@@ -199,13 +272,19 @@ def configure_access(access: dict[str, Any]) -> None:
 class Gateway:
     def __init__(
         self,
-        models: dict[str, DeploymentHandle],
+        models: dict[str, DeploymentHandle | dict[str, Any]],
         limits: dict[str, Any],
         access: dict[str, Any] | None = None,
     ):
-        self.handles = models
+        """``models`` maps a name to its deployment's handle, or to a ModelServer's
+        arguments (built here: the one-model app)."""
+        from .replica import InProcess
+
+        self.handles = {
+            name: InProcess(**m) if isinstance(m, dict) else m for name, m in models.items()
+        }
         self.limits = limits
-        configure_access(access or {})
+        configure_guard(access or {}, limits.get("max_body_bytes"))
         self.infos: dict[str, dict] = {}
         self.infos_lock = asyncio.Lock()
 
@@ -274,13 +353,13 @@ class Gateway:
     async def classify(self, body: TextsRequest):
         self._check_texts(body.texts)
         name, handle = await self._pick(body.model, "/v1/classify")
-        return {"model": name, "results": await self._call(handle.classify, body.texts)}
+        return answer({"model": name, "results": await self._call(handle.classify, body.texts)})
 
     @api.post("/v1/tag", response_model=TagResponse)
     async def tag(self, body: TextsRequest):
         self._check_texts(body.texts)
         name, handle = await self._pick(body.model, "/v1/tag")
-        return {"model": name, "results": await self._call(handle.tag, body.texts)}
+        return answer({"model": name, "results": await self._call(handle.tag, body.texts)})
 
     @api.post("/v1/fill-mask", response_model=FillMaskResponse)
     async def fill_mask(self, body: FillMaskRequest):
@@ -291,7 +370,7 @@ class Gateway:
             if mask not in t:
                 raise RequestError(422, f"texts.{i}", f"has no mask token {mask}")
         results = await self._call(handle.fill_mask, (body.texts, body.top_k))
-        return {"model": name, "results": results}
+        return answer({"model": name, "results": results})
 
     @api.post("/v1/generate", response_model=GenerateResponse)
     async def generate(self, body: GenerateRequest):
@@ -304,12 +383,15 @@ class Gateway:
         if body.max_new_tokens > self.limits["max_new_tokens"]:
             raise RequestError(422, "max_new_tokens", f"at most {self.limits['max_new_tokens']}")
         name, handle = await self._pick(body.model, "/v1/generate")
+        vocab = (await self._infos())[name]["vocab_size"]
+        if body.top_k > vocab:
+            raise RequestError(422, "top_k", f"at most {vocab} (the vocabulary), or 0 for all")
         sampling = body.model_dump(
             include={"max_new_tokens", "temperature", "top_k", "top_p", "seed"}
         )
         if not body.stream:
             text = await self._call(handle.generate, body.prompt, sampling)
-            return {"model": name, "text": text}
+            return answer({"model": name, "text": text})
         stream = handle.options(stream=True).generate_stream.remote(body.prompt, sampling)
         try:  # the first piece tells overload apart before the 200 goes out
             first = await stream.__anext__()

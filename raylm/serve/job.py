@@ -61,13 +61,16 @@ def check(cfg: DictConfig, files: bool = True) -> list[str]:
 
 
 def validate_serve(c: dict[str, Any]) -> None:
+    from .ingress import env
+
     s = c["serve"]
+    env(s["ingress"])
     if s["export"]:
         local_path(s["export"], "serve.export")
     for key in ("num_replicas", "threads", "max_ongoing_requests", "batch_size", "max_texts"):
         if s[key] < 1:
             raise ConfigError(f"serve.{key}", f"must be >= 1, got {s[key]}")
-    for key in ("max_chars", "max_new_tokens", "max_queued_requests"):
+    for key in ("max_chars", "max_new_tokens", "max_queued_requests", "max_body_bytes"):
         if s[key] < 1:
             raise ConfigError(f"serve.{key}", f"must be >= 1, got {s[key]}")
     if s["cpus_per_replica"] < 0 or s["gpus_per_replica"] < 0:
@@ -83,6 +86,9 @@ def validate_serve(c: dict[str, Any]) -> None:
         )
     if a["target_ongoing_requests"] <= 0:
         raise ConfigError("serve.autoscaling.target_ongoing_requests", "must be > 0")
+    for key in ("upscale_delay_s", "downscale_delay_s"):
+        if a[key] < 0:
+            raise ConfigError(f"serve.autoscaling.{key}", f"must be >= 0, got {a[key]}")
     if s["detach"] and not c["ray"]["address"]:
         raise ConfigError(
             "serve.detach",
@@ -120,7 +126,7 @@ def app_args(c: dict[str, Any], infos: dict[str, dict] | None = None) -> dict[st
     return args
 
 
-def write_config(path: Path, config: dict[str, Any]) -> Path:
+def write_config(path: Path, config: dict[str, Any], header: str = "") -> Path:
     """Checked against Serve's own schema, written under a temp name, then renamed."""
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -129,11 +135,20 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def ingress_note(mode: str) -> str:
+    """The export's first lines: the ingress mode is the cluster's environment, which a
+    Serve config cannot set."""
+    from .ingress import env
+
+    pairs = " ".join(f"{k}={v}" for k, v in env(mode).items())
+    return f"# serve.ingress={mode}: start the cluster's Ray processes with {pairs}\n"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -150,20 +165,40 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (what Kubernetes, Docker and systemd send) stops like Ctrl-C: Serve shuts
+    down, requests in flight finish, the embedded cluster goes with this process.
+
+    Without it Ray's native handler, installed by ray.init, prints a stack dump and the
+    process hangs pushing errors to a driver that is gone, leaving the cluster's agents
+    running. Only from the main thread (a test may call ``start`` from another)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def start(c: dict[str, Any], args: dict[str, Any]) -> str:
     """Deploy on the connected (or a new embedded) cluster; returns the base URL."""
     import ray
     from ray import serve
 
     from .._internal.cluster import init_ray
-    from .app import build_app
+    from .app import QUIET_LOGGING, build_app
+    from .ingress import use
 
     s = c["serve"]
     if not c["ray"]["address"] and not ray.is_initialized():
         check_port_free(s["host"], s["port"])
+        use(s["ingress"])  # the cluster about to start serves in this mode
     init_ray(c)
+    stop_on_sigterm()  # after ray.init, which installs its own handlers
     # Access logs and controller INFO lines only with ray.verbose=true.
-    logs = None if c["ray"]["verbose"] else {"log_level": "WARNING", "enable_access_log": False}
+    logs = None if c["ray"]["verbose"] else QUIET_LOGGING
     serve.start(http_options={"host": s["host"], "port": s["port"]}, logging_config=logs)
     serve.run(
         build_app(args), name=s["app_name"], route_prefix=s["route_prefix"], logging_config=logs
@@ -186,8 +221,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from .app import serve_config
 
         config = serve_config(args, s["app_name"], s["route_prefix"], s["host"], s["port"])
-        path = write_config(local_path(s["export"], "serve.export").resolve(), config)
+        path = write_config(
+            local_path(s["export"], "serve.export").resolve(), config, ingress_note(s["ingress"])
+        )
         print(f"Serve config written to {path}; deploy it with `serve deploy {path}`")
+        print(ingress_note(s["ingress"]).replace("# ", "").strip())
         return {"export": str(path), "models": args["models"]}
     quiet_libraries(c["ray"]["verbose"])
     url = start(c, args)
@@ -205,7 +243,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("shutting down")
+        print("shutting down", flush=True)
     finally:
+        # Deleting the app first drains it: its replicas stop taking new requests and
+        # answer those in flight while the ingress still runs (serve.shutdown alone
+        # stops the ingress with them, and their clients see the connection drop).
+        serve.delete(s["app_name"])
         serve.shutdown()
     return {"url": url, "models": args["models"]}

@@ -56,6 +56,7 @@ class ModelServer:
         use_gpu = torch.cuda.is_available()  # the replica was given a GPU
         self.engine = predictor_class(self.info_["task"])(model_dir, use_gpu=use_gpu)
         self.info_["mask_token"] = getattr(self.engine.tokenizer, "mask_token", None)
+        self.info_["vocab_size"] = len(self.engine.tokenizer)
         self.info_["device"] = self.engine.device
         self.served = {"requests": 0, "texts": 0, "forward_passes": 0}
         for method in (self.classify, self.tag, self.fill_mask):
@@ -141,3 +142,23 @@ class ModelServer:
         done = object()
         while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
             yield piece
+
+
+class InProcess:
+    """A :class:`ModelServer` built in the caller's own process, called as its
+    ``DeploymentHandle`` would be (``await h.classify.remote(...)``, ``h.options(stream=
+    True).generate_stream.remote(...)``): a one-model app answers without a Ray hop."""
+
+    def __init__(self, **engine: Any):
+        self.server = ModelServer.func_or_class(**engine)
+
+    def options(self, **_: Any) -> InProcess:
+        return self
+
+    def __getattr__(self, method: str) -> _Call:
+        return _Call(getattr(self.server, method))
+
+
+class _Call:
+    def __init__(self, method):
+        self.remote = method  # a coroutine function, or an async generator function

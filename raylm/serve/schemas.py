@@ -28,10 +28,12 @@ class GenerateRequest(_Strict):
     prompt: StrictStr = Field(min_length=1)
     model: StrictStr | None = None
     max_new_tokens: StrictInt = Field(32, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 is greedy decoding.")
+    temperature: float = Field(
+        1.0, ge=0.0, le=10.0, description="0 (or under 1e-6) is greedy decoding."
+    )
     top_k: StrictInt = Field(0, ge=0, description="0 keeps every token.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: StrictInt | None = Field(None, description="Same seed, same text.")
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63, description="Same seed, same text.")
     stream: bool = Field(False, description="Server-sent events, one per text piece.")
 
 
