@@ -28,6 +28,8 @@ class Command:
     run: str
     check: str
     description: str
+    # The conf/<config>.yaml it composes; None: conf/<command>.yaml.
+    config: str | None = None
 
 
 COMMANDS: dict[str, Command] = {
@@ -56,6 +58,13 @@ COMMANDS: dict[str, Command] = {
         "raylm.tune.job:check",
         "sweep a pretrain, finetune or compress command with Ray Tune (ASHA, PBT, Optuna, ...)",
     ),
+    "plan": Command(
+        "raylm.train.job:plan",
+        "raylm.train.job:check",
+        "print which ZeRO stage, offload and micro-batch fit memory: `raylm plan "
+        "[pretrain|finetune] <its overrides>` (deepspeed=auto applies it)",
+        config="pretrain",
+    ),
     "predict": Command(
         "raylm.predict.job:run",
         "raylm.predict.job:check",
@@ -72,6 +81,10 @@ COMMANDS: dict[str, Command] = {
 def _load(ref: str) -> Callable:
     module, func = ref.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def config_name(command: str) -> str:
+    return COMMANDS[command].config or command
 
 
 def command_function(command: str) -> Callable[[DictConfig], Any]:
@@ -95,7 +108,7 @@ def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
         overrides = split_command_line(list(overrides))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=command, overrides=list(overrides))
+        return hydra_compose(config_name=config_name(command), overrides=list(overrides))
 
 
 def compose_checked(command: str, overrides: Sequence[str], key: str) -> DictConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .api import COMMANDS, check_function, command_function
+from .api import COMMANDS, check_function, command_function, config_name
 from .config import ConfigError, conf_dir, register_configs
 
 USAGE = """usage: raylm <command> [key=value ...] [--dry-run] [hydra flags]
@@ -93,11 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(jobs_main(command, rest))
     if command not in COMMANDS:
         _fail(command, f"unknown command; choose one of: {', '.join(COMMANDS)}")
+    config = config_name(command)
+    if command == "plan" and rest and rest[0] in ("pretrain", "finetune"):
+        config, rest = rest[0], rest[1:]  # raylm plan finetune <finetune overrides>
     _check_group_choices(command, rest)
     register_configs()
     dry_run = "--dry-run" in rest
     rest = [a for a in rest if a != "--dry-run"]
-    if dry_run:  # Hydra would otherwise create output_dir and write .hydra/ in it
+    if dry_run or command == "plan":  # else Hydra creates output_dir, writes .hydra/ in it
         rest += ["hydra.output_subdir=null", "hydra.run.dir=."]
     run = _dry_run(command) if dry_run else command_function(command)
 
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
         rest = split_command_line(rest)  # the base command's keys travel in extra_overrides
     sys.argv = [f"raylm-{command}", *rest]
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)(task)()
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config)(task)()
 
 
 if __name__ == "__main__":

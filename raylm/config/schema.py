@@ -71,6 +71,18 @@ class DeepSpeedConfig:
     # Any DeepSpeed key, merged last over the derived config, e.g.
     # +deepspeed.overrides.zero_optimization.reduce_bucket_size=50000000
     overrides: dict[str, Any] = field(default_factory=dict)
+    # deepspeed=auto: the memory planner (raylm.train.plan) picks the stage and offload
+    # (and, if need be, a smaller micro-batch with more grad_accum) before the run.
+    auto: bool = False
+
+
+@dataclass
+class PlanConfig:
+    # What deepspeed=auto and raylm plan budget for; null: read from the cluster.
+    device_memory_gb: float | None = None
+    host_memory_gb: float | None = None
+    # Headroom kept free of the estimate (allocator fragmentation, estimate error).
+    margin: float = 0.1
 
 
 @dataclass
@@ -154,6 +166,7 @@ class PretrainJobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 

@@ -242,6 +242,14 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None, files: bo
             "deepspeed.offload_optimizer",
             "optimizer offload needs deepspeed.zero_stage 1, 2 or 3, got 0",
         )
+    plan = cfg.get("plan") or {}
+    if plan and not 0 <= plan["margin"] < 1:
+        raise ConfigError("plan.margin", f"is a fraction in [0, 1), got {plan['margin']}")
+    for key in ("device_memory_gb", "host_memory_gb"):
+        if plan.get(key) is not None and plan[key] <= 0:
+            raise ConfigError(
+                f"plan.{key}", f"must be > 0 (or null: read it from the cluster), got {plan[key]}"
+            )
     if files:
         check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
         check_data_files(cfg["data"]["eval_files"], "data.eval_files", required=False)

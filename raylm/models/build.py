@@ -110,6 +110,25 @@ def has_head_for(config, task: str) -> bool:
     return bool(wanted) and wanted.__name__ in (config.architectures or [])
 
 
+def from_config(cls, config):
+    """A random-init model whose weights depend on the seed only, not on the ZeRO stage.
+
+    Under ZeRO-3 (``train.loop.partitioned_build``) transformers builds with the
+    constructors' own inits off (torch's ``reset_parameters`` draws from the RNG) and then
+    runs the model's ``_init_weights`` module by module; built the same way here, a seed
+    gives bit-identical weights at every stage (tests/test_pretrain.py compares them)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return cls.from_config(config)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = cls.from_config(config)
+    model.init_weights()
+    return model
+
+
 def build_model(
     task: str,
     model: dict[str, Any],
@@ -136,10 +155,10 @@ def build_model(
         config = preset_config(model, vocab_size, tokenizer)
         if not model.get("head"):
             config.update(extra)
-            return cls.from_config(config)
+            return from_config(cls, config)
         from transformers import AutoModel
 
-        encoder = AutoModel.from_config(config)
+        encoder = from_config(AutoModel, config)
     from .heads import build_headed
 
     return build_headed(model["head"], encoder, extra, model["dropout"])

@@ -78,9 +78,11 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
             "weight_decay": tr["weight_decay"],
         },
     }
-    if not cfg["scaling"]["use_gpu"] and not ds["offload_optimizer"]:
-        # On CPU DeepSpeed's FusedAdam is a C++ op JIT-compiled on first use; torch's AdamW
-        # is the same update with no compile step and the same result on every start.
+    cpu_only = not cfg["scaling"]["use_gpu"]
+    if cpu_only:
+        # On CPU DeepSpeed's FusedAdam and DeepSpeedCPUAdam are C++ ops JIT-compiled on
+        # first use (30-60 s); torch's AdamW is the same update with no compile step. With
+        # no GPU, "offload to CPU" moves nothing, so DeepSpeedCPUAdam buys nothing either.
         optimizer["params"]["torch_adam"] = True
 
     config: dict[str, Any] = {
@@ -95,6 +97,8 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
         "fp16": {"enabled": tr["precision"] == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         # raylm logs itself (rank 0, one progress bar); silence DeepSpeed's periodic prints.
         "steps_per_print": 10**9,
+        # Let ZeRO-Offload step with torch's AdamW on CPU-only runs (see above).
+        "zero_force_ds_cpu_optimizer": not cpu_only,
         "wall_clock_breakdown": False,
     }
     return _merge(config, ds.get("overrides") or {})

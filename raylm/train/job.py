@@ -245,6 +245,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return fit(prepare(cfg))
 
 
+def plan(cfg: DictConfig) -> dict[str, Any]:
+    """``raylm plan``: the memory plan of a pretrain/finetune config, printed; no training."""
+    from .plan import plan_run
+
+    c = prepare(cfg)
+    quiet_libraries(c["ray"]["verbose"])
+    init_ray(c)
+    result = plan_run(c)
+    print(result.table())
+    return {"chosen": result.chosen.name if result.chosen else None, "plan": result}
+
+
 def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     """Run a prepared config (:func:`prepare`) on Ray Train, export, plot; the summary.
 
@@ -263,6 +275,12 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         check_shared_path(c["output_dir"], "output_dir")
     # Names this run's node-local mirrors of a URI output_dir (see _internal.storage).
     c["run_id"] = uuid.uuid4().hex
+    if c["deepspeed"].get("auto"):
+        from .plan import apply, plan_run
+
+        plan = plan_run(c)
+        print(plan.table(), flush=True)
+        apply(c, plan)
     datasets = build_datasets(c)
     c["max_steps"] = steps_for(c, datasets["train"].count())
     c["has_eval"] = "eval" in datasets

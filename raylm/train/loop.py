@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
+            # A ZeRO-3 partitioned parameter holds an empty 1-d tensor; ds_shape is its own.
+            ndim = len(getattr(p, "ds_shape", p.shape))
+            (no_decay if ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -140,6 +143,65 @@ def weights_checksum(engine, zero_stage: int) -> float | None:
     )
 
 
+def host_memory_bytes() -> int:
+    """This process's resident set now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+@contextmanager
+def partitioned_build(ds_config: dict[str, Any]):
+    """Under ZeRO-3, build the model partitioned: transformers sees DeepSpeed's config
+    (``HfDeepSpeedConfig``, the way HF Trainer does it) and creates or loads each
+    parameter under ``deepspeed.zero.Init``, so no rank holds the whole model in memory.
+    Unset afterwards: the export reloads its check model whole."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # zero.Init reads the world size from DeepSpeed's comm layer, which wraps the process
+    # group Ray Train made (deepspeed.initialize would do the same, later).
+    deepspeed.init_distributed()
+    keep = HfDeepSpeedConfig(ds_config)  # transformers holds it by weak reference
+    try:
+        with freed_memory_returned():
+            yield
+    finally:
+        unset_hf_deepspeed_config()
+        del keep
+
+
+@contextmanager
+def freed_memory_returned():
+    """zero.Init creates each parameter whole, keeps this rank's shard and frees the
+    rest; glibc's malloc, adapting its thresholds to those frees, kept the freed memory in
+    the process. Measured on 2 ranks, a 51M-parameter GPT (194 MiB in fp32): 300-350 MiB
+    resident per rank after a partitioned build, 200 MiB after an unpartitioned one; with
+    a trim threshold of 0 (every free hands the top of the heap back) and blocks over
+    128 KiB mmapped (so each goes back whole when freed) 122 MiB. Afterwards
+    the thresholds glibc's adaptive mode settles on (32 MiB mmap, 64 MiB trim), so training
+    steps keep reusing their memory. Not glibc: nothing changes."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_trim_threshold, 0)
+    mallopt(m_mmap_threshold, 128 * 2**10)  # glibc's starting value: large blocks mmapped
+    try:
+        yield
+    finally:
+        mallopt(m_mmap_threshold, 32 * 2**20)
+        mallopt(m_trim_threshold, 64 * 2**20)
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if not cfg["scaling"]["use_gpu"]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # not detected with a warning
@@ -169,13 +231,19 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     labels = cfg.get("labels")
     if labels and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; rows are padded with EOS
-    model = build_model(task.name, cfg["model"], cfg["vocab_size"], tokenizer, labels)
+    ds_config = deepspeed_config(cfg, world, max_steps)
+    rss_before = host_memory_bytes()
+    with partitioned_build(ds_config):
+        model = build_model(task.name, cfg["model"], cfg["vocab_size"], tokenizer, labels)
+    # Dropout draws from here on: the same stream whether the build drew on every rank or,
+    # under ZeRO-3, initialized on rank 0 only and broadcast.
+    seed_everything(tr["seed"] + 1)
+    # What building the model cost this process in host memory (under ZeRO-3 a shard).
+    build_memory = peak_memory_bytes() - rss_before if not cfg["scaling"]["use_gpu"] else None
     if init_from != cfg["model"]["init_from"]:
         shutil.rmtree(cfg["model"]["init_from"], ignore_errors=True)  # loaded: the copy goes
     engine, *_ = deepspeed.initialize(
-        model=model,
-        config=deepspeed_config(cfg, world, max_steps),
-        model_parameters=param_groups(model, tr["weight_decay"]),
+        model=model, config=ds_config, model_parameters=param_groups(model, tr["weight_decay"])
     )
     tokens_per_micro = micro * tr["seq_len"]
     fpt = flops_per_token(model.config, tr["seq_len"])
@@ -229,6 +297,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         log = MetricsLog(run.local, state["step"] if checkpoint else None)
     if log and restored:
         log.log(state["step"], restored)
+    if log and build_memory is not None:
+        log.log(state["step"], {"build_host_memory_gb": build_memory / 2**30})
     bar = None
     if rank == 0 and cfg.get("progress", True):
         from ray.experimental.tqdm_ray import tqdm
