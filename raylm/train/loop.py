@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_config import shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
-from .metrics import METRICS_FILE, MetricsLog, peak_flops, peak_memory_bytes
+from .metrics import METRICS_FILE, MetricsLog, host_memory_bytes, peak_flops, peak_memory_bytes
 from .objective import build_objective
 
 NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
@@ -141,13 +141,6 @@ def weights_checksum(engine, zero_stage: int) -> float | None:
             if t.is_floating_point()
         )
     )
-
-
-def host_memory_bytes() -> int:
-    """This process's resident set now."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 @contextmanager

@@ -45,6 +45,13 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def host_memory_bytes() -> int:
+    """This process's resident set now (the baseline :func:`peak_memory_bytes` is read against)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 class MetricsLog:
     """Appends one JSON object per log event and mirrors scalars to TensorBoard.
 

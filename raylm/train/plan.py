@@ -10,8 +10,9 @@ activation figure is Korthikanti et al. 2022 (sbh(34 + 5as/h) bytes per layer in
 precision), plus the logits and their fp32 loss.
 
 ``deepspeed=auto`` takes the first option, fastest first, whose estimate fits within
-the margin; if none fits at the configured micro-batch it halves the micro-batch and
-doubles ``trainer.grad_accum`` (the global batch, hence the training, stays the same).
+the margin. Without offload first: at the configured micro-batch, then at halves of it
+with ``trainer.grad_accum`` doubled (the global batch, hence the training, stays the
+same); only if none of those fits, the same again with offload.
 ``raylm plan <pretrain overrides>`` prints the same table and changes nothing.
 """
 
@@ -211,26 +212,32 @@ def evaluate(
 
 def make_plan(c: dict[str, Any], shape: ModelShape, budget: Budget) -> Plan:
     """Halving the micro-batch (same global batch, more accumulation) costs less than
-    offloading, which streams the optimizer over PCIe every step: offload is tried only
+    offloading, which streams the optimizer over PCIe every step: offload is taken only
     when no micro-batch fits without it."""
     tr, sc = c["trainer"], c["scaling"]
     world, mixed = sc["num_workers"], tr["precision"] in ("bf16", "fp16")
-    margin = c["plan"]["margin"]
-    micro, accum, rows = tr["micro_batch_size"], tr["grad_accum"], []
+    micro, accum, tries = tr["micro_batch_size"], tr["grad_accum"], []
+    while True:  # the configured micro-batch, then halves of it while it divides
+        rows = evaluate(
+            shape, budget, world, micro, tr["seq_len"], mixed, sc["use_gpu"], c["plan"]["margin"]
+        )
+        tries.append(Plan(shape, budget, micro, accum, rows, None))
+        if micro == 1 or micro % 2:
+            break
+        micro, accum = micro // 2, accum * 2
     for offload_allowed in (False, True):
-        micro, accum = tr["micro_batch_size"], tr["grad_accum"]
-        while True:
-            rows = evaluate(
-                shape, budget, world, micro, tr["seq_len"], mixed, sc["use_gpu"], margin
+        for plan in tries:
+            plan.chosen = next(
+                (
+                    r.option
+                    for r in plan.rows
+                    if r.fits and (offload_allowed or not r.option.offload_optimizer)
+                ),
+                None,
             )
-            fitting = [r.option for r in rows if r.fits]
-            chosen = next((o for o in fitting if offload_allowed or not o.offload_optimizer), None)
-            if chosen:
-                return Plan(shape, budget, micro, accum, rows, chosen)
-            if micro == 1 or micro % 2:
-                break
-            micro, accum = micro // 2, accum * 2
-    return Plan(shape, budget, micro, accum, rows, None)  # the smallest micro-batch tried
+            if plan.chosen:
+                return plan
+    return tries[-1]  # nothing fits: the smallest micro-batch tried, chosen None
 
 
 def detect_budget(c: dict[str, Any]) -> Budget:
