@@ -7,6 +7,7 @@ summary = run("pretrain", ["data.train_files=[corpus.txt]", "trainer.max_steps=1
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,22 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+_started_at: float | None = None
+
+
+def mark_started(at: float | None = None) -> None:
+    """Record when the running command started (``at``, else now)."""
+    global _started_at
+    _started_at = time.time() if at is None else at
+
+
+def started_at() -> float:
+    """When the running command started, for ``time_to_first_step_s``: the process's
+    start under the ``raylm`` CLI (imports included: a user waits for them too), the
+    latest :func:`run` call from Python, else now."""
+    return _started_at or time.time()
+
+
 def _load(ref: str) -> Callable:
     module, func = ref.split(":")
     return getattr(importlib.import_module(module), func)
@@ -135,4 +152,5 @@ def check(command: str, overrides: Sequence[str] = (), files: bool = True) -> li
 
 def run(command: str, overrides: Sequence[str] = ()) -> Any:
     """Compose and run a command in this process; raises ``ConfigError`` on bad input."""
+    mark_started()
     return command_function(command)(compose(command, overrides))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .api import COMMANDS, check_function, command_function, config_name
+from .api import COMMANDS, check_function, command_function, config_name, mark_started
 from .config import ConfigError, conf_dir, register_configs
 
 USAGE = """usage: raylm <command> [key=value ...] [--dry-run] [hydra flags]
@@ -81,7 +81,9 @@ def _dry_run(command: str):
 
 def main(argv: list[str] | None = None) -> None:
     import hydra
+    import psutil
 
+    mark_started(psutil.Process().create_time())
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -50,7 +51,8 @@ def logits_of(model, vocab, seq_len=32):
 
 @pytest.fixture(scope="module")
 def clm_run(ray_cluster, corpus, tokenizers, tmp_path_factory):
-    return pretrain(
+    started = time.time()
+    out, summary = pretrain(
         tmp_path_factory.mktemp("clm"),
         "clm",
         corpus,
@@ -59,6 +61,7 @@ def clm_run(ray_cluster, corpus, tokenizers, tmp_path_factory):
         "trainer.eval_every=20",
         "trainer.checkpoint_every=20",
     )
+    return out, {**summary, "wall_s": time.time() - started}
 
 
 def test_clm_learns_and_exports(clm_run):
@@ -73,7 +76,12 @@ def test_clm_learns_and_exports(clm_run):
         and row["peak_memory_gb"] > 0
         and "grad_norm" in row
         and row["lr"] > 0
+        and 0 <= row["data_wait_pct"] < 50
     )
+    # Reported by the run itself: from raylm.run's start to the first optimizer step, which
+    # is within this run's wall time.
+    (first,) = [r["time_to_first_step_s"] for r in read_metrics(out) if "time_to_first_step_s" in r]
+    assert 0 < first < summary["wall_s"]
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # The artifact: a plain transformers directory, verified against the trained engine.
@@ -234,3 +242,37 @@ def test_zero3_cpu_offload_trains_like_zero0(zero_runs, corpus, tokenizers, tmp_
         json.loads((out / "model" / "raylm.json").read_text())["export_check"]["max_abs_logit_diff"]
         <= 1e-4
     )
+
+
+def test_out_of_memory_in_a_worker_is_one_line_naming_the_knobs(
+    ray_cluster, corpus, tokenizers, tmp_path
+):
+    """A real allocator failure inside a real Ray Train worker (tests/faults.py asks for
+    128 TiB at the first step) ends as one ConfigError line, and no model is exported."""
+    from raylm.config import ConfigError
+    from raylm.train.job import fit, prepare
+
+    out = tmp_path / "oom"
+    c = prepare(
+        raylm.compose(
+            "pretrain",
+            [
+                *FAST,
+                f"data.train_files=[{corpus['train']}]",
+                f"tokenizer.path={tokenizers['bpe']}",
+                f"output_dir={out}",
+                "trainer.max_steps=5",
+                "trainer.max_failures=0",
+            ],
+        )
+    )
+    c["objective"] = {"target": "faults:AllocatesTooMuch"}
+    with pytest.raises(ConfigError) as err:
+        fit(c)
+    text = str(err.value)
+    assert text.startswith(
+        "trainer.micro_batch_size: out of host memory at step 1 (deepspeed.zero_stage=2, "
+        "micro-batch 8 x seq_len 64, 2 workers): lower trainer.micro_batch_size"
+    ), text
+    assert "deepspeed=auto" in text and "\n" not in text
+    assert not (out / "model").exists()

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
 from .._internal.storage import RunDir, fetch, is_uri, uri_of
+from ..api import started_at
 from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import ARTIFACT_FILE, Artifact
@@ -113,6 +114,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     )
     c["data"]["train_files"] = check_data_files(c["data"]["train_files"], "data.train_files", True)
     c["data"]["eval_files"] = check_data_files(c["data"]["eval_files"], "data.eval_files", False)
+    c.setdefault("started_at", started_at())
     c["resolved_config"] = resolved
     c["config_hash"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[
         :16
@@ -231,6 +233,17 @@ def worker_config_error(exc: BaseException) -> ConfigError | None:
     return None
 
 
+def worker_memory_error(exc: BaseException, c: dict[str, Any]) -> ConfigError | None:
+    """One line naming the memory knobs if ``fit()`` failed because a worker ran out of
+    memory (Ray's memory monitor killed it, or an OOM the worker could not name)."""
+    from .oom import memory_kind, out_of_memory
+
+    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+        if kind := memory_kind(failure):
+            return out_of_memory(kind, c)
+    return None
+
+
 def steps_for(c: dict[str, Any], train_rows: int) -> int:
     tr = c["trainer"]
     if tr["epochs"] is None:
@@ -320,7 +333,7 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     except Exception as exc:
         # A user mistake only a worker could see (say, model.head importable here but not
         # on the cluster) ends as its one-line ConfigError, not a worker traceback.
-        mistake = worker_config_error(exc)
+        mistake = worker_config_error(exc) or worker_memory_error(exc, c)
         if mistake is None:
             raise
         raise mistake from None

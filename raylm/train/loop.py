@@ -31,6 +31,7 @@ from .deepspeed_config import deepspeed_config
 from .export import export_model
 from .metrics import METRICS_FILE, MetricsLog, host_memory_bytes, peak_flops, peak_memory_bytes
 from .objective import build_objective
+from .oom import memory_kind, out_of_memory
 
 NO_DECAY = ("bias", "LayerNorm.weight", "ln_", "layer_norm", "norm.weight")
 
@@ -55,11 +56,31 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
+def timed(iterable, clock: dict[str, float]):
+    """``iterable``, adding the seconds each ``next()`` blocks to ``clock["wait"]``: the
+    time the loop waits for data, which the trainer reports as ``data_wait_pct``."""
+    it = iter(iterable)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        clock["wait"] += time.perf_counter() - t
+        yield item
+
+
 def _all_reduce_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
+
+
+def new_window(zero: torch.Tensor) -> dict[str, Any]:
+    """What the loop sums between two log steps: loss on the device (read once per log
+    step: no host sync per micro-batch), micro-batches, tokens, seconds waiting for data."""
+    return {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0, "wait": 0.0}
 
 
 @torch.no_grad()
@@ -313,9 +334,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None
     batcher = task.batcher(tokenizer, tr, rank)
     objective = build_objective(cfg.get("objective"), task, engine.device)
-    # Loss is summed on the device and read once per log step: no host sync per micro-batch.
     zero = torch.zeros((), device=engine.device)
-    window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
+    window = new_window(zero)
+    first_step = not checkpoint and not restored and cfg.get("started_at")
     last: dict[str, Any] = {}
     evals: dict[str, Any] = {}  # the latest eval's scores, in every report to Ray
 
@@ -332,12 +353,20 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if cfg["data"]["shuffle_buffer"]
             else None,
         )
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(timed(batches, window)):
             if i < state["batch_in_epoch"]:
                 continue  # consumed before the checkpoint this run restarted from
-            loss, _ = objective(engine, batcher(batch, state["micro"], engine.device))
-            engine.backward(loss)
-            engine.step()
+            t = time.perf_counter()
+            inputs = batcher(batch, state["micro"], engine.device)
+            window["wait"] += time.perf_counter() - t  # host-to-device copy included
+            try:
+                loss, _ = objective(engine, inputs)
+                engine.backward(loss)
+                engine.step()
+            except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError included
+                if (kind := memory_kind(exc)) is None:
+                    raise
+                raise out_of_memory(kind, cfg, state["step"] + 1) from None
             state["batch_in_epoch"] += 1
             state["micro"] += 1
             window["loss"] += loss.detach().float()
@@ -349,10 +378,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             state["tokens"] += tokens_per_micro * tr["grad_accum"] * world
             if bar:
                 bar.update(1)
+            if first_step and log:
+                # From the command's start (the driver process's) to the first optimizer step.
+                log.log(step, {"time_to_first_step_s": time.time() - cfg["started_at"]})
+            first_step = False
 
             if step % tr["log_every"] == 0 or step == max_steps:
-                loss_sum, n, tokens = _all_reduce_sum(
-                    [window["loss"].item(), window["n"], window["tokens"]], engine.device
+                loss_sum, n, tokens, wait = _all_reduce_sum(
+                    [window["loss"].item(), window["n"], window["tokens"], window["wait"]],
+                    engine.device,
                 )
                 dt = time.perf_counter() - window["t"]
                 last = {
@@ -363,13 +397,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     "tokens_seen": state["tokens"],
                     "epoch": state["epoch"],
                     "peak_memory_gb": peak_memory_bytes() / 2**30,
+                    # Share of the window each rank spent waiting for its next batch.
+                    "data_wait_pct": 100 * wait / world / dt,
                 }
                 grad_norm = engine.get_global_grad_norm()
                 if grad_norm is not None:
                     last["grad_norm"] = float(grad_norm)
                 if peak:
                     last["mfu"] = fpt * tokens / dt / (peak * world)
-                window = {"loss": zero.clone(), "n": 0, "t": time.perf_counter(), "tokens": 0}
+                window = new_window(zero)
                 if log:
                     log.log(step, last)
             paused = time.perf_counter()
