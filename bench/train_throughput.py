@@ -15,8 +15,9 @@ absolute times drift (a shared 2-core machine drifts by a third between minutes)
 - ``single``: one process over the whole global batch with all the machine's threads
   (the earlier README baseline); on GPU also ``compiled`` (the same under torch.compile).
 
-The baselines run before and after raylm (``ddp``, ``deepspeed`` twice) and the ratios
-use the mean of the two, so a drift during the run shows as the spread between them.
+The baselines are interleaved with ``--repeats`` raylm runs (ddp, deepspeed, raylm, ddp,
+deepspeed, raylm, ..., ddp, deepspeed); each raylm run is judged against the mean of the
+baselines on either side of it, and the figure is the median over runs.
 Writes JSON (and prints it):
 
     python bench/train_throughput.py                              # CPU, gpt2-tiny
@@ -71,7 +72,8 @@ def _loop(kind: str, rank: int, world: int, spec: dict[str, Any]) -> dict[str, A
         torch.cuda.set_device(device)
     torch.manual_seed(0)
     model = build_model("clm", spec["model_cfg"], spec["vocab"]).to(device).train()
-    batch = spec["micro_batch"] * (world if kind in ("single", "compiled") else 1)
+    whole = kind in ("single", "compiled")  # one process over the whole global batch
+    batch = spec["micro_batch"] * (spec["workers"] if whole else 1)
     x = torch.randint(0, spec["vocab"], (batch, spec["seq_len"]), device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -126,16 +128,16 @@ def _loop(kind: str, rank: int, world: int, spec: dict[str, Any]) -> dict[str, A
         windows.append(time.perf_counter() - t)
     if rank:
         return None
-    tokens = batch * spec["seq_len"] * LOG_EVERY * (1 if kind in ("single", "compiled") else world)
+    tokens = batch * spec["seq_len"] * LOG_EVERY * world
     tps = tokens / statistics.median(windows)
     peak = peak_flops(precision) if use_gpu else None
-    n_dev = 1 if kind in ("single", "compiled") else world
-    cfg = model.config
     return {
         "tokens_per_s": tps,
-        "mfu": flops_per_token(cfg, spec["seq_len"]) * tps / (peak * n_dev) if peak else None,
+        "mfu": flops_per_token(model.config, spec["seq_len"]) * tps / (peak * world)
+        if peak
+        else None,
         "peak_memory_gb": peak_memory_bytes() / 2**30,
-        "processes": n_dev,
+        "processes": world,
         "threads_per_process": torch.get_num_threads(),
         "window_tokens_per_s": [round(tokens / w) for w in windows],
     }
@@ -250,8 +252,9 @@ def main() -> None:
 
     from raylm.train.job import prepare
 
-    c = prepare(raylm.compose("pretrain", overrides))
-    model_cfg = OmegaConf.to_container(raylm.compose("pretrain", overrides).model, resolve=True)
+    cfg = raylm.compose("pretrain", overrides)
+    c = prepare(cfg)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     cpus = max(1, int(c["scaling"]["cpus_per_worker"]))
     spec = {
         "model_cfg": model_cfg,

@@ -224,9 +224,14 @@ def build_datasets(c: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def worker_failures(exc: BaseException) -> list[BaseException]:
+    """What each failed worker raised, if ``fit()`` failed because workers did."""
+    return list((getattr(exc, "worker_failures", None) or {}).values())
+
+
 def worker_config_error(exc: BaseException) -> ConfigError | None:
     """The ConfigError a training worker raised, if that is why ``fit()`` failed."""
-    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+    for failure in worker_failures(exc):
         for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
             if isinstance(candidate, ConfigError):
                 return ConfigError(candidate.key, candidate.message)
@@ -238,7 +243,7 @@ def worker_memory_error(exc: BaseException, c: dict[str, Any]) -> ConfigError | 
     memory (Ray's memory monitor killed it, or an OOM the worker could not name)."""
     from .oom import memory_kind, out_of_memory
 
-    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+    for failure in worker_failures(exc):
         if kind := memory_kind(failure):
             return out_of_memory(kind, c)
     return None
