@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import conf_dir, register_configs
 
@@ -113,35 +113,53 @@ def check_function(command: str) -> Callable[[DictConfig, bool], list[str]]:
 
 
 def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<command>.yaml`` with overrides, exactly as the CLI would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Compose ``conf/<command>.yaml`` with overrides, exactly as the CLI would.
 
-    register_configs()
+    Hydra's errors (an unknown key, a malformed override, a wrong type) come out as one
+    :class:`ConfigError` line naming the key."""
     if command == "sweep":
         from .tune.space import split_command_line
 
         overrides = split_command_line(list(overrides))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name(command), overrides=list(overrides))
+    return compose_config(config_name(command), overrides)
 
 
-def compose_checked(command: str, overrides: Sequence[str], key: str) -> DictConfig:
-    """:func:`compose`, with Hydra's errors (an unknown key, a malformed override, a
-    wrong type) as one :class:`ConfigError` line naming ``key``."""
+def compose_config(config: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<config>.yaml``; see :func:`compose`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .config.hydra_errors import one_line
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        try:
+            return hydra_compose(config_name=config, overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as exc:
+            base = None
+
+            def known(section: str) -> list[str]:
+                nonlocal base
+                base = base if base is not None else hydra_compose(config_name=config)
+                node = OmegaConf.select(base, section) if section else base
+                return [str(k) for k in node] if isinstance(node, DictConfig) else []
+
+            raise one_line(exc, overrides, known) from None
+
+
+def compose_checked(command: str, overrides: Sequence[str], key: str) -> DictConfig:
+    """:func:`compose`, its error named by ``key`` (the key that holds ``overrides``, as
+    ``base_overrides`` of a sweep): ``key: trainer.lr: takes a number, got 'fast'``."""
     from .config import ConfigError
 
     try:
         return compose(command, overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
-        text = "; ".join(x for x in lines if not x.startswith(("full_key", "object_type")))
-        raise ConfigError(key, text) from None
+    except ConfigError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def check(command: str, overrides: Sequence[str] = (), files: bool = True) -> list[str]:

@@ -68,6 +68,29 @@ def _check_group_choices(command: str, overrides: list[str]) -> None:
             )
 
 
+# Hydra's flags that take a value (the next argument).
+_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-name", "-cn")
+
+
+def _check_composes(command: str, config: str, args: list[str]) -> None:
+    """Compose once before Hydra does, so its errors (an unknown key, a wrong type, a
+    malformed override) are one ``error:`` line rather than Hydra's block of six."""
+    from .api import compose_config
+
+    if {"-m", "--multirun", "--config-path", "-cp", "--config-dir", "-cd"} & set(args):
+        return  # sweep values, or another config tree: Hydra's own parsing
+    overrides, skip = [], False
+    for a in args:
+        if skip or a.startswith("-"):
+            skip = not skip and a in _FLAGS_WITH_VALUE
+            continue
+        overrides.append(a)
+    try:
+        compose_config(config, overrides)
+    except ConfigError as exc:
+        _fail(command, str(exc))
+
+
 def _dry_run(command: str):
     def dry_run(cfg) -> None:
         from omegaconf import OmegaConf
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         from .tune.space import split_command_line
 
         rest = split_command_line(rest)  # the base command's keys travel in extra_overrides
+    _check_composes(command, config, rest)
     sys.argv = [f"raylm-{command}", *rest]
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config)(task)()
 

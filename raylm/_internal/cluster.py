@@ -34,6 +34,7 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
     runtime_env = {"env_vars": {key: os.environ[key] for key in WORKER_ENV}}
     address = c["ray"]["address"]
     if address:
+        check_reachable(address)
         found = send_token_if_found()
         try:
             ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
@@ -58,6 +59,56 @@ def init_ray(c: dict[str, Any], log_to_driver: bool = True) -> None:
             log_to_driver=log_to_driver,
             runtime_env=runtime_env,
         )
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse an address nothing answers at, in seconds. ``ray.init`` retries such an
+    address for minutes with no line naming it (measured: still retrying after 2 min)."""
+    import socket
+
+    from ..config import ConfigError
+
+    target = address.removeprefix("ray://")
+    if target == "auto" or "://" in target:
+        return  # auto: Ray finds the local cluster itself and fails fast if there is none
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            "ray.address",
+            f"{address!r} is not HOST:PORT (e.g. 10.0.0.5:6379, ray://head:10001, auto)",
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ConfigError(
+            "ray.address",
+            f"nothing answers at {target} ({reason} within {timeout_s:g} s); check the head "
+            "node's address and port (6379 for the GCS, ray://HOST:10001 for Ray Client)",
+        ) from None
+
+
+def check_resources(needs: dict[str, tuple[float, str]], embedded: bool) -> None:
+    """Refuse a request the cluster can never hold: ``needs`` maps a resource ("CPU",
+    "GPU") to (amount, the config key that asks for it). Ray would queue it forever with
+    no line saying why. On the embedded cluster that is final; a remote cluster may have
+    an autoscaler that adds nodes, so there it is one warning line and the run waits."""
+    import ray
+
+    from ..config import ConfigError
+
+    total = ray.cluster_resources()
+    for resource, (amount, key) in needs.items():
+        have = total.get(resource, 0.0)
+        if amount <= have:
+            continue
+        message = f"asks for {amount:g} {resource} in all, but the cluster has {have:g}" + (
+            " (no GPU found)" if resource == "GPU" and not have else ""
+        )
+        if embedded:
+            hint = "ray.num_cpus=N raises the embedded cluster's CPUs" if resource == "CPU" else ""
+            raise ConfigError(key, f"{message}; lower it{f', or {hint}' if hint else ''}")
+        print(f"{key}: {message}; waiting for the cluster to add nodes", flush=True)
 
 
 def remote_task(fn, here: bool = False, **resources: Any):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..config.errors import ConfigError
@@ -45,9 +46,19 @@ def load_text_dataset(
             )
         kind = kinds.pop()
         kwargs = {"sample_by": "paragraph"} if kind == "text" else {}
-        ds = datasets.load_dataset(
-            kind, data_files=[str(p) for p in paths], split="train", **kwargs
-        )
+        # datasets logs a reader's failure at ERROR before raising it: the raise below
+        # is the one line the user gets.
+        reader_log = logging.getLogger("datasets.packaged_modules")
+        level = reader_log.level
+        reader_log.setLevel(logging.CRITICAL)
+        try:
+            ds = datasets.load_dataset(
+                kind, data_files=[str(p) for p in paths], split="train", **kwargs
+            )
+        except Exception as exc:  # noqa: BLE001 - every reader error becomes one line
+            raise unreadable(paths, kind, key, exc) from None
+        finally:
+            reader_log.setLevel(level)
         if kind == "text":
             ds = ds.map(lambda t: {"text": t.strip()}, input_columns="text")
             if text_column != "text":
@@ -77,3 +88,93 @@ def _non_empty(value) -> bool:
     if isinstance(value, str):
         return value.strip() != ""
     return isinstance(value, list) and len(value) > 0
+
+
+def unreadable(paths: list[Path], kind: str, key: str, exc: BaseException) -> ConfigError:
+    """Why ``datasets`` could not read ``paths``, as one line naming the file (its own
+    ``DatasetGenerationError`` names none): each file is examined until one shows the
+    fault, with its line number where the format has lines."""
+    for path in paths:
+        reason = _fault(path, kind)
+        if reason:
+            return ConfigError(key, f"{path}: {reason}")
+    return ConfigError(key, f"cannot read {', '.join(map(str, paths))}: {_root_cause(exc)}")
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
+
+
+def _fault(path: Path, kind: str) -> str | None:
+    """The first thing wrong with one file, or None if it reads."""
+    import json
+
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001
+            return f"not a readable parquet file ({_root_cause(exc)})"
+        return None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return (
+            f"line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        )
+    if kind == "json":
+        try:
+            whole = json.loads(text)
+        except ValueError:
+            whole = None
+        if isinstance(whole, (list, dict)):
+            return None  # one JSON document; the reader's own error is the best we have
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                return f"line {n} is not valid JSON ({exc.msg}); each line must be one JSON object"
+            if not isinstance(row, dict):
+                return f'line {n} is a JSON {type(row).__name__}, not an object; each line must be one object like {{"text": ...}}'
+        return _mixed_types(text)
+    if kind == "csv":
+        import pandas as pd
+
+        try:
+            pd.read_csv(path)
+        except Exception as exc:  # noqa: BLE001
+            return f"not readable as CSV ({_root_cause(exc)})"
+    return None
+
+
+def _mixed_types(text: str) -> str | None:
+    """A JSON-lines column holding values of different types (Arrow cannot hold them)."""
+    import json
+
+    seen: dict[str, tuple[str, int]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        for column, value in json.loads(line).items():
+            if value is None:
+                continue
+            kind = (
+                "number"
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else type(value).__name__
+            )
+            first = seen.setdefault(column, (kind, n))
+            if first[0] != kind:
+                return (
+                    f"column {column!r} mixes types: a {first[0]} on line {first[1]}, a {kind} "
+                    f"on line {n}; use one type per column (quote numbers to make them strings)"
+                )
+    return None

@@ -46,9 +46,33 @@ def label_values(ds, column: str) -> list:
     return list(values)
 
 
+def check_label_values(values: list, key: str) -> None:
+    """Every row has a label, and all labels are of one kind: a null would become a
+    class named "None", and 1 next to "pos" two classes the user never meant."""
+    missing = sum(v is None for v in values)
+    if missing:
+        raise ConfigError(
+            key,
+            f"{missing} of {len(values)} labels in data.label_column are empty (null); "
+            "give every row a label or drop those rows",
+        )
+    kinds = {
+        "number" if isinstance(v, (int, float, np.number)) else type(v).__name__ for v in values
+    }
+    if len(kinds) > 1:
+        raise ConfigError(
+            key,
+            f"data.label_column mixes label types ({', '.join(sorted(kinds))}); use one "
+            "type, e.g. all strings",
+        )
+
+
 def resolve_labels(train, eval_, column: str, given: list[str]) -> list[str]:
     """The label list: ``data.labels`` if given, else the training data's. Labels in the
     data but not in that list are an error naming them, never a silent new class."""
+    for split, key in ((train, "data.train_files"), (eval_, "data.eval_files")):
+        if split is not None:
+            check_label_values(label_values(split, column), key)
     labels = [str(x) for x in given] or label_names(label_values(train, column))
     if len(labels) < 2:
         raise ConfigError("data.label_column", f"needs at least 2 distinct labels, found {labels}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._internal.cluster import check_shared_path, init_ray
+from .._internal.cluster import check_resources, check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
 from .._internal.storage import RunDir, fetch, is_uri, uri_of
 from ..api import started_at
@@ -275,6 +275,17 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     return {"chosen": result.chosen.name if result.chosen else None, "plan": result}
 
 
+def worker_needs(sc: dict[str, Any]) -> dict[str, tuple[float, str]]:
+    """What all training workers ask of the cluster, each with the key that asks."""
+    n = sc["num_workers"]
+    needs = {"CPU": (n * sc["cpus_per_worker"], "scaling.num_workers")}
+    if sc["use_gpu"]:
+        needs["GPU"] = (n * sc["gpus_per_worker"], "scaling.use_gpu")
+    for name, amount in sc["resources_per_worker"].items():
+        needs.setdefault(name, (n * amount, f"scaling.resources_per_worker.{name}"))
+    return needs
+
+
 def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     """Run a prepared config (:func:`prepare`) on Ray Train, export, plot; the summary.
 
@@ -289,6 +300,7 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     quiet_libraries(c["ray"]["verbose"])
     check_output_dir(c)
     init_ray(c)
+    check_resources(worker_needs(c["scaling"]), embedded=not c["ray"]["address"])
     if not is_uri(c["output_dir"]):  # a store is every node's by definition
         check_shared_path(c["output_dir"], "output_dir")
     # Names this run's node-local mirrors of a URI output_dir (see _internal.storage).
