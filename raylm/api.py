@@ -104,12 +104,36 @@ def config_name(command: str) -> str:
     return COMMANDS[command].config or command
 
 
+def require_values(cfg: DictConfig) -> None:
+    """A mandatory key (``???`` in the YAML) left unset is one line naming it: OmegaConf
+    would hand the literal "???" on (predict read "model_dir: ??? is not a save_pretrained
+    directory")."""
+    from .config import ConfigError
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        also = f" (also unset: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(missing[0], f"is required; give {missing[0]}=VALUE{also}")
+
+
 def command_function(command: str) -> Callable[[DictConfig], Any]:
-    return _load(COMMANDS[command].run)
+    run = _load(COMMANDS[command].run)
+
+    def checked(cfg: DictConfig) -> Any:
+        require_values(cfg)
+        return run(cfg)
+
+    return checked
 
 
 def check_function(command: str) -> Callable[[DictConfig, bool], list[str]]:
-    return _load(COMMANDS[command].check)
+    check = _load(COMMANDS[command].check)
+
+    def checked(cfg: DictConfig, files: bool) -> list[str]:
+        require_values(cfg)
+        return check(cfg, files)
+
+    return checked
 
 
 def compose(command: str, overrides: Sequence[str] = ()) -> DictConfig:

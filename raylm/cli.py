@@ -75,7 +75,9 @@ _FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-name", "-cn")
 def _check_composes(command: str, config: str, args: list[str]) -> None:
     """Compose once before Hydra does, so its errors (an unknown key, a wrong type, a
     malformed override) are one ``error:`` line rather than Hydra's block of six."""
+    from ._internal.storage import is_uri
     from .api import compose_config
+    from .config.validate import writable_path
 
     if {"-m", "--multirun", "--config-path", "-cp", "--config-dir", "-cd"} & set(args):
         return  # sweep values, or another config tree: Hydra's own parsing
@@ -86,17 +88,37 @@ def _check_composes(command: str, config: str, args: list[str]) -> None:
             continue
         overrides.append(a)
     try:
-        compose_config(config, overrides)
+        cfg = compose_config(config, overrides)
+        # Hydra makes output_dir (its run dir) before the command starts: a parent that
+        # is a file would be its traceback.
+        if "output_dir" in cfg and not is_uri(str(cfg.output_dir)):
+            writable_path(cfg.output_dir, "output_dir", "dir")
     except ConfigError as exc:
         _fail(command, str(exc))
+
+
+def _redact_hydra_output() -> None:
+    """Hydra has just saved the config and overrides in output_dir/.hydra/: the copy a
+    user shares with a run must not carry their tokens (see _internal.redact)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from ._internal.redact import redact_yaml_files
+
+    hc = HydraConfig.get()
+    if hc.output_subdir:
+        redact_yaml_files(Path(hc.runtime.output_dir) / hc.output_subdir)
 
 
 def _dry_run(command: str):
     def dry_run(cfg) -> None:
         from omegaconf import OmegaConf
 
+        from ._internal.redact import redact
+
         check_function(command)(cfg, True)
-        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        print(OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True))), end="")
         print(f"raylm {command}: dry run: the config is valid; nothing was run")
 
     return dry_run
@@ -130,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     run = _dry_run(command) if dry_run else command_function(command)
 
     def task(cfg) -> None:
+        _redact_hydra_output()
         try:
             run(cfg)
         except ConfigError as exc:

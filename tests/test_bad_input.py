@@ -74,7 +74,55 @@ def files(tmp_path_factory, corpus, tokenizers) -> dict[str, str]:
     parquet.write_bytes(b"PAR1" + b"\x00garbage" * 50 + b"PAR1")
     out["corrupt_parquet"] = str(parquet)
     out["out"] = str(d / "run")
+    (d / "a_file").write_text("not a directory\n")
+    out["a_file"] = str(d / "a_file")
+    out["under_file"] = str(d / "a_file" / "sub")
+    (d / "empty.jsonl").write_text("")
+    out["empty"] = str(d / "empty.jsonl")
+    out["short_eval"] = jsonl("short_eval.jsonl", good[:3])
+    (d / "short.txt").write_text("the red ship sails.\n")
+    out["short_corpus"] = str(d / "short.txt")
+    (d / "taken.jsonl").mkdir()
+    out["taken"] = str(d / "taken.jsonl")
+    out.update(model_dirs(d / "models", tokenizers["wordpiece"]))
     return out
+
+
+def model_dirs(d: Path, tokenizer: Path) -> dict[str, str]:
+    """A tiny valid 2-label classifier, and copies of it broken in one way each."""
+    import shutil
+
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        id2label={0: "neg", 1: "pos"},
+        label2id={"neg": 0, "pos": 1},
+    )
+    good = d / "good"
+    BertForSequenceClassification(config).save_pretrained(good)
+    tok.save_pretrained(good)
+    dirs = {"model": str(good)}
+
+    def broken(name: str, damage) -> None:
+        shutil.copytree(good, d / name)
+        damage(d / name)
+        dirs[name] = str(d / name)
+
+    def truncate(path: Path) -> None:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    broken("no_weights", lambda m: (m / "model.safetensors").unlink())
+    broken("bad_weights", lambda m: truncate(m / "model.safetensors"))
+    broken("bad_tokenizer", lambda m: truncate(m / "tokenizer.json"))
+    broken("bad_config", lambda m: truncate(m / "config.json"))
+    return dirs
 
 
 PRETRAIN = ["data.train_files=[{corpus}]", "tokenizer.path={bpe}", "output_dir={out}"]
@@ -84,6 +132,10 @@ FINETUNE = [
     "output_dir={out}",
     "trainer.max_steps=2",
 ]
+
+PREDICT = ["model_dir={model}", "input={good_jsonl}", "output={out}/predictions.jsonl"]
+SERVE = ["model_dir={model}", "serve.port=18123"]
+COMPRESS = ["model.init_from={model}", "output_dir={out}", "task=seq_cls"]
 
 # (command, overrides, the key named, what the line must say)
 CASES = [
@@ -159,6 +211,137 @@ CASES = [
         "scaling.use_gpu",
         "asks for 2 GPU in all, but the cluster has 0 (no GPU found)",
     ),
+]
+
+
+CASES += [
+    # Where output goes: refused before any work, not after it
+    ("pretrain", [*PRETRAIN, "output_dir={under_file}"], "output_dir", "a_file is a file, so"),
+    ("pretrain", [*PRETRAIN, "output_dir={a_file}"], "output_dir", "a_file is a file; give a"),
+    (
+        "tokenizer",
+        ["data.train_files=[{corpus}]", "tokenizer.path={under_file}"],
+        "tokenizer.path",
+        "a_file is a file, so",
+    ),
+    ("predict", [*PREDICT, "output={under_file}/p.jsonl"], "output", "a_file is a file, so"),
+    ("predict", [*PREDICT, "output={taken}"], "output", "is a directory; give a path for a file"),
+    ("serve", [*SERVE, "serve.export={under_file}/s.yaml"], "serve.export", "a_file is a file"),
+    ("compress", [*COMPRESS, "output_dir={under_file}"], "output_dir", "a_file is a file, so"),
+    (
+        "sweep",
+        [
+            "base=finetune",
+            "data.train_files=[{good_jsonl}]",
+            "tokenizer.path={wordpiece}",
+            "trainer.lr=choice(1e-4,1e-3)",
+            "output_dir={under_file}",
+        ],
+        "output_dir",
+        "a_file is a file, so",
+    ),
+    # Model directories: every file a load reads is checked on the driver
+    ("predict", [*PREDICT, "model_dir={no_weights}"], "model_dir", "has a config but no weights"),
+    (
+        "predict",
+        [*PREDICT, "model_dir={bad_weights}"],
+        "model_dir",
+        "model.safetensors is corrupted",
+    ),
+    (
+        "predict",
+        [*PREDICT, "model_dir={bad_tokenizer}"],
+        "model_dir",
+        "tokenizer.json is corrupted",
+    ),
+    ("predict", [*PREDICT, "model_dir={bad_config}"], "model_dir", "a corrupted JSON file"),
+    ("predict", [*PREDICT, "model_dir={out}/nowhere"], "model_dir", "no such directory"),
+    ("predict", ["input={good_jsonl}", "output={out}/p.jsonl"], "model_dir", "is required"),
+    ("serve", [*SERVE, "model_dir={bad_weights}"], "model_dir", "model.safetensors is corrupted"),
+    ("serve", [*SERVE, "model_dir={bad_tokenizer}"], "model_dir", "tokenizer.json is corrupted"),
+    (
+        "finetune",
+        [*FINETUNE, "data.train_files=[{good_jsonl}]", "model.init_from={no_weights}"],
+        "model.init_from",
+        "has a config but no weights",
+    ),
+    (
+        "finetune",
+        [*FINETUNE, "data.train_files=[{good_jsonl}]", "model.init_from={bad_weights}"],
+        "model.init_from",
+        "model.safetensors is corrupted",
+    ),
+    (
+        "finetune",
+        [*FINETUNE, "data.train_files=[{good_jsonl}]", "model.init_from={out}/runs/x/model"],
+        "model.init_from",
+        "no such directory",
+    ),
+    (
+        "compress",
+        [*COMPRESS, "model.init_from={bad_tokenizer}"],
+        "model.init_from",
+        "tokenizer.json is corrupted",
+    ),
+    # Inputs and values that parse but cannot work
+    (
+        "predict",
+        [*PREDICT, "input={empty}"],
+        "input",
+        "is empty; give a file with at least one row",
+    ),
+    ("predict", [*PREDICT, "input={malformed}"], "input", "line 4 is not valid JSON"),
+    (
+        "tokenizer",
+        ["data.train_files=[{corpus}]", "tokenizer.path={out}", "tokenizer.min_frequency=-1"],
+        "tokenizer.min_frequency",
+        "must be >= 0",
+    ),
+    ("pretrain", [*PRETRAIN, "trainer.warmup_ratio=1.5"], "trainer.warmup_ratio", "[0, 1)"),
+    (
+        "pretrain",
+        [*PRETRAIN, "+deepspeed.overrides.zero_optimization.reduce_bucket_size=lots"],
+        "deepspeed.overrides.zero_optimization.reduce_bucket_size",
+        "Input should be a valid integer, unable to parse string as an integer, got 'lots'",
+    ),
+    (
+        "pretrain",
+        [*PRETRAIN, "+deepspeed.overrides.zero_optimization.stagee=2"],
+        "deepspeed.overrides.zero_optimization.stagee",
+        "Extra inputs are not permitted",
+    ),
+    (
+        "pretrain",
+        [*PRETRAIN, "+deepspeed.overrides.bf16.enabled=maybe"],
+        "deepspeed.overrides.bf16.enabled",
+        "Input should be a valid boolean, unable to interpret input, got 'maybe'",
+    ),
+    (
+        "finetune",
+        [*FINETUNE, "data.train_files=[{good_jsonl}]", "data.eval_files=[{short_eval}]"],
+        "data.eval_files",
+        "gives 3 rows, fewer than one micro-batch per worker (32)",
+    ),
+    (
+        "pretrain",
+        [*PRETRAIN, "data.train_files=[{short_corpus}]"],
+        "data.train_files",
+        "gives 0 blocks of trainer.seq_len=128 tokens, fewer than one micro-batch",
+    ),
+    # The cluster: a request it can never hold
+    (
+        "predict",
+        [*PREDICT, "use_gpu=true"],
+        "use_gpu",
+        "asks for 1 GPU in all, but the cluster has 0",
+    ),
+    (
+        "serve",
+        [*SERVE, "serve.gpus_per_replica=1"],
+        "serve.gpus_per_replica",
+        "has 0 (no GPU found)",
+    ),
+    ("serve", [*SERVE, "serve.num_replicas=64"], "serve.num_replicas", "asks for 64 CPU in all"),
 ]
 
 
@@ -240,3 +423,67 @@ def test_cli_flags_still_reach_hydra(capsys):
     assert capsys.readouterr().err.strip() == (
         "raylm pretrain: error: trainer.lr: takes a number, got 'fast'"
     )
+
+
+@pytest.mark.slow
+def test_valid_but_doubtful_configs_train_with_one_warning_each(
+    ray_cluster, files, tmp_path, capsys
+):
+    """Through the CLI in this process: a 2-label classifier fine-tuned on 3 labels gets a
+    fresh head (it crashed in the worker), each doubtful setting one warning line (an eval set under one batch
+    per worker is an error: a catalogue case), and a
+    token among the overrides reaches neither raylm.json nor .hydra/."""
+    from raylm.cli import main
+
+    rows = [{"text": f"ship {i} sails", "label": ["a", "b", "c"][i % 3]} for i in range(60)]
+    train, eval_ = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    eval_.write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
+    out = tmp_path / "run"
+    with bounded(240):
+        main(
+            [
+                "finetune",
+                f"model.init_from={files['model']}",
+                f"data.train_files=[{train}]",
+                f"data.eval_files=[{eval_}]",
+                f"output_dir={out}",
+                "trainer.max_steps=4",
+                "trainer.warmup_steps=10",
+                "trainer.eval_every=50",
+                "trainer.micro_batch_size=4",
+                "trainer.seq_len=16",
+                "scaling.num_workers=2",
+                "+hub.hf_token=hf_secret_value",
+            ]
+        )
+    printed = capsys.readouterr().out
+    assert "has a seq_cls head for 2 labels, the data has 3: a new head" in printed
+    assert "warning: trainer.warmup_steps=10 is not below the run's 4 steps" in printed
+    assert "warning: trainer.eval_every=50 is beyond the run's 4 steps" in printed
+    exported = json.loads((out / "model" / "config.json").read_text())
+    assert exported["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    saved = [out / "model" / "raylm.json", *(out / ".hydra").glob("*.yaml")]
+    assert len(saved) == 4  # raylm.json, config.yaml, hydra.yaml, overrides.yaml
+    for path in saved:
+        assert "hf_secret_value" not in path.read_text(), path
+    assert '"hf_token": "***"' in saved[0].read_text()
+
+
+def test_secrets_are_redacted_by_name_in_every_shape():
+    from raylm._internal.redact import redact
+
+    config = {
+        "serve": {"auth_token_env": "TOKEN_VAR", "max_new_tokens": 8, "api_key": "k1"},
+        "output_dir": "s3://b/run?access_key=AK&secret_key=SK&region=us-east-1",
+        "base_overrides": ["+wandb.api_key=k2", "trainer.lr=0.1"],
+        "env": {"HF_TOKEN": "t1", "AWS_SECRET_ACCESS_KEY": "s1", "PATH": "/bin"},
+        "tokenizer": {"path": "tok"},
+    }
+    assert redact(config) == {
+        "serve": {"auth_token_env": "TOKEN_VAR", "max_new_tokens": 8, "api_key": "***"},
+        "output_dir": "s3://b/run?access_key=***&secret_key=***&region=us-east-1",
+        "base_overrides": ["+wandb.api_key=***", "trainer.lr=0.1"],
+        "env": {"HF_TOKEN": "***", "AWS_SECRET_ACCESS_KEY": "***", "PATH": "/bin"},
+        "tokenizer": {"path": "tok"},
+    }

@@ -95,7 +95,11 @@ BAD = [
     (["trainer.precision=fp16"], "trainer.precision", "fp16 needs a GPU"),
     (["trainer.schedule=step"], "trainer.schedule", "must be one of"),
     (["tokenizer.path=/nonexistent/tok"], "tokenizer.path", "no tokenizer at"),
-    (["model.init_from=/nonexistent/model"], "model.init_from", "cannot load a model config"),
+    (
+        ["model.init_from=/nonexistent/model"],
+        "model.init_from",
+        "no such directory: /nonexistent/model",
+    ),
     (
         ["trainer.metric=eval_accuracy"],
         "trainer.metric",

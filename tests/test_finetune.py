@@ -209,7 +209,7 @@ def test_predict_rejects_a_model_dir_without_weights(tmp_path, base_encoder):
         f.unlink()
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "the red ship."}\n')
-    with pytest.raises(raylm.ConfigError, match="holds no weights") as err:
+    with pytest.raises(raylm.ConfigError, match="has a config but no weights") as err:
         raylm.run(
             "predict", [f"model_dir={broken}", f"input={src}", f"output={tmp_path / 'o.jsonl'}"]
         )

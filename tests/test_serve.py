@@ -583,7 +583,7 @@ def test_ctrl_c_before_the_app_is_ready_is_one_line(model_dirs):
 
 SERVE_BAD = [
     ([], "model_dir", "give model_dir=DIR or serve.models=[name:DIR,...]"),
-    (["model_dir=/nonexistent/model"], "model_dir", "is not a save_pretrained directory"),
+    (["model_dir=/nonexistent/model"], "model_dir", "no such directory: /nonexistent/model"),
     (["serve.models=[cls]"], "serve.models", "entries are name:DIR"),
     (["serve.num_replicas=0"], "serve.num_replicas", "must be >= 1"),
     (["serve.route_prefix=api"], "serve.route_prefix", "must start with /"),

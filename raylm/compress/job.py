@@ -20,7 +20,7 @@ from .._internal.cluster import check_shared_path, init_ray, remote_task
 from .._internal.logs import quiet_libraries
 from .._internal.storage import RunDir, fetch, is_uri
 from ..config import ConfigError, validate_training
-from ..config.validate import get_key, local_path
+from ..config.validate import get_key, writable_path
 from ..models.artifact import ARTIFACT_FILE, Artifact, model_info
 from ..tasks import get_task
 
@@ -82,7 +82,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> StepContext:
     out = (
         RunDir(location, run_id=os.urandom(8).hex()).local
         if remote
-        else local_path(location, "output_dir").resolve()
+        else writable_path(location, "output_dir", "dir").resolve()
     )
     teacher_location = teacher
     if is_uri(teacher):

@@ -109,7 +109,10 @@ class TrainerConfig:
     # The lr a decaying schedule ends at, as a fraction of trainer.lr; None: the
     # schedule's own default (cosine 0.1, linear 0.0). constant never decays.
     min_lr_ratio: float | None = None
-    warmup_steps: int = 100
+    # Warmup: trainer.warmup_steps if set (it wins, as in HF Trainer), else this
+    # fraction of max_steps; a fixed step count would outlast a short run.
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.1
     schedule: str = "cosine"
     weight_decay: float = 0.01
     beta1: float = 0.9

@@ -36,6 +36,27 @@ def local_path(value: Any, key: str) -> Path:
     return Path(os.path.expanduser(str(value)))
 
 
+def writable_path(value: Any, key: str, kind: str) -> Path:
+    """:func:`local_path`, checked to be somewhere this machine can write a ``kind``
+    ("file" or "dir") before any work is done: a parent that is a file, or a path that
+    is the other kind, would otherwise fail at the end (predict: after predicting every
+    row)."""
+    path = local_path(value, key)
+    if path.exists() and path.is_dir() != (kind == "dir"):
+        what = "a directory" if path.is_dir() else "a file"
+        raise ConfigError(key, f"{path} is {what}; give a path for a {kind} (or remove it)")
+    parent = path.parent if not path.exists() else path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            key, f"{parent} is a file, so {path} cannot be created; give another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{parent} is not writable by this user; give another path")
+    return path
+
+
 def get_key(cfg: Mapping[str, Any], dotted: str) -> Any:
     """``cfg["a"]["b"]`` for ``"a.b"``: config keys are named dotted, as in errors."""
     for part in dotted.split("."):
@@ -86,7 +107,12 @@ def validate_tokenizer_job(cfg: Mapping[str, Any], files: bool = True) -> None:
         )
     if tok["vocab_size"] < 64:
         raise ConfigError("tokenizer.vocab_size", f"must be >= 64, got {tok['vocab_size']}")
-    local_path(tok["path"], "tokenizer.path")
+    if tok["min_frequency"] < 0:
+        raise ConfigError(
+            "tokenizer.min_frequency",
+            f"must be >= 0 (a pair's count to be merged), got {tok['min_frequency']}",
+        )
+    writable_path(tok["path"], "tokenizer.path", "dir")
     if files:
         check_data_files(cfg["data"]["train_files"], "data.train_files", required=True)
     elif not cfg["data"]["train_files"]:
@@ -135,6 +161,10 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None, files: bo
         )
     if not str(cfg["output_dir"]).strip():
         raise ConfigError("output_dir", "must be a directory path")
+    from .._internal.storage import is_uri
+
+    if files and not is_uri(cfg["output_dir"]):
+        writable_path(cfg["output_dir"], "output_dir", "dir")
 
     tr = cfg["trainer"]
     _positive(
@@ -155,8 +185,10 @@ def validate_training(cfg: Mapping[str, Any], init_config: Any = None, files: bo
         _positive(cfg, "trainer", ("max_steps",))
     elif tr["epochs"] <= 0:
         raise ConfigError("trainer.epochs", f"must be > 0, got {tr['epochs']}")
-    if tr["warmup_steps"] < 0:
+    if tr["warmup_steps"] is not None and tr["warmup_steps"] < 0:
         raise ConfigError("trainer.warmup_steps", f"must be >= 0, got {tr['warmup_steps']}")
+    if not 0 <= tr["warmup_ratio"] < 1:
+        raise ConfigError("trainer.warmup_ratio", f"must be in [0, 1), got {tr['warmup_ratio']}")
     if tr["schedule"] not in SCHEDULES:
         raise ConfigError("trainer.schedule", f"must be one of {SCHEDULES}, got {tr['schedule']!r}")
     if tr["min_lr_ratio"] is not None:

@@ -55,8 +55,12 @@ class Artifact:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def write(self, model_dir: str | Path) -> Path:
+        from .._internal.redact import redact
+
         path = Path(model_dir) / ARTIFACT_FILE
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, default=str))
+        data = dataclasses.asdict(self)
+        data["config"] = redact(data["config"])  # tokens and keys never reach the disk
+        path.write_text(json.dumps(data, indent=2, default=str))
         return path
 
     def replace(self, **changes: Any) -> Artifact:
@@ -73,16 +77,23 @@ def _task_from_architecture(config: dict[str, Any]) -> str | None:
     return None
 
 
-def model_info(model_dir: str | Path, key: str = "model_dir") -> dict[str, Any]:
-    """Check that ``model_dir`` is a model raylm can load, and describe it: task,
-    endpoint, labels, eval metrics, runtime, compression. ``key`` names the config key
-    in the error if it is not."""
-    from ..tasks import TASKS
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
-    model_dir = Path(model_dir).expanduser()
+
+def check_model_dir(model_dir: Path, key: str) -> tuple[Artifact | None, dict[str, Any]]:
+    """Read every header a load would read (config, raylm.json, weights, tokenizer), so a
+    corrupted or missing file is one line here, on the driver, not a traceback in each
+    replica, actor or worker later. Returns raylm.json (or None) and config.json."""
+    if not model_dir.is_dir():
+        raise ConfigError(key, f"no such directory: {model_dir}")
     if not (model_dir / "config.json").exists():
         raise ConfigError(key, f"{model_dir} is not a save_pretrained directory (no config.json)")
-    artifact = Artifact.read(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        artifact = Artifact.read(model_dir)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(key, f"{model_dir}: a corrupted JSON file ({_first_line(exc)})") from None
     runtime = artifact.runtime if artifact else "torch"
     if runtime not in RUNTIME_WEIGHTS:
         raise ConfigError(
@@ -91,9 +102,41 @@ def model_info(model_dir: str | Path, key: str = "model_dir") -> dict[str, Any]:
     if not any(any(model_dir.glob(p)) for p in RUNTIME_WEIGHTS[runtime]):
         raise ConfigError(
             key,
-            f"{model_dir} holds no weights ({' or '.join(RUNTIME_WEIGHTS[runtime])})",
+            f"{model_dir} has a config but no weights ({' or '.join(RUNTIME_WEIGHTS[runtime])}); "
+            "give the directory an export wrote (output_dir/model)",
         )
-    config = json.loads((model_dir / "config.json").read_text())
+    from safetensors import safe_open
+
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "np"):
+                pass  # the header: its tensors must fit the file
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError alike
+            raise ConfigError(
+                key, f"{weights} is corrupted ({_first_line(exc)}); export the model again"
+            ) from None
+    tokenizer = model_dir / "tokenizer.json"
+    if tokenizer.exists():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(tokenizer))
+        except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception
+            raise ConfigError(
+                key, f"{tokenizer} is corrupted ({_first_line(exc)}); export the model again"
+            ) from None
+    return artifact, config
+
+
+def model_info(model_dir: str | Path, key: str = "model_dir") -> dict[str, Any]:
+    """Check that ``model_dir`` is a model raylm can load, and describe it: task,
+    endpoint, labels, eval metrics, runtime, compression. ``key`` names the config key
+    in the error if it is not."""
+    from ..tasks import TASKS
+
+    model_dir = Path(model_dir).expanduser()
+    artifact, config = check_model_dir(model_dir, key)
+    runtime = artifact.runtime if artifact else "torch"
     task = artifact.task if artifact else _task_from_architecture(config)
     if task not in TASKS or TASKS[task].endpoint is None:
         servable = [n for n, t in TASKS.items() if t.endpoint]

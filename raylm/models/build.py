@@ -110,6 +110,11 @@ def has_head_for(config, task: str) -> bool:
     return bool(wanted) and wanted.__name__ in (config.architectures or [])
 
 
+def head_size_differs(config, task: str, labels: list[str] | None) -> bool:
+    """Whether ``config`` has the task's head, sized for another number of labels."""
+    return bool(labels) and has_head_for(config, task) and config.num_labels != len(labels)
+
+
 def from_config(cls, config):
     """A random-init model whose weights depend on the seed only, not on the ZeRO stage.
 
@@ -147,7 +152,12 @@ def build_model(
     if model["init_from"]:
         init_config = load_init_config(model["init_from"])
         if not model.get("head") or hasattr(init_config, "head"):
-            return cls.from_pretrained(model["init_from"], **extra)  # its own head, if any
+            # Its own head, if any; one for another number of labels starts fresh (the
+            # driver said so: train.job.load_documents), as HF Trainer users do it.
+            fresh = head_size_differs(init_config, task, labels)
+            return cls.from_pretrained(
+                model["init_from"], **extra, **({"ignore_mismatched_sizes": True} if fresh else {})
+            )
         from transformers import AutoModel
 
         encoder = AutoModel.from_pretrained(model["init_from"])

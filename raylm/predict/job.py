@@ -13,11 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._internal.cluster import init_ray
+from .._internal.cluster import check_resources, init_ray
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
-from ..config.validate import local_path
-from ..data.files import BUILDERS
+from ..config.validate import local_path, writable_path
+from ..data.files import BUILDERS, unreadable
 from ..data.pipeline import to_ray_dataset
 from ..models.artifact import model_info
 from .predictor import predictor_class
@@ -48,6 +48,8 @@ def validate_predict(c: dict[str, Any], files: bool = True) -> dict[str, Any] | 
             raise ConfigError(
                 key, f"{path.name}: unsupported file type; allowed: {', '.join(FORMATS)}"
             )
+    if files:
+        writable_path(c["output"], "output", "file")
     if files and dst.exists() and not c["overwrite"]:
         raise ConfigError("output", f"{dst} exists; set overwrite=true to replace it")
     for key in ("batch_size", "num_actors", "cpus_per_actor"):
@@ -66,7 +68,12 @@ def read_rows(path: Path, text_column: str):
 
     datasets.disable_progress_bars()
     kind = BUILDERS[path.suffix.lower()]
-    ds = datasets.load_dataset(kind, data_files=[str(path)], split="train")
+    if path.stat().st_size < 4096 and not path.read_bytes().strip():
+        raise ConfigError("input", f"{path} is empty; give a file with at least one row")
+    try:
+        ds = datasets.load_dataset(kind, data_files=[str(path)], split="train")
+    except Exception as exc:  # noqa: BLE001 - as for training data: one line naming the file
+        raise unreadable([path], kind, "input", exc) from None
     if text_column not in ds.column_names:
         raise ConfigError(
             "text_column",
@@ -126,7 +133,14 @@ def run(cfg: DictConfig) -> Path:
     quiet_libraries(c["ray"]["verbose"])
     src, dst = Path(c["input"]).expanduser(), Path(c["output"]).expanduser().resolve()
     rows = read_rows(src, c["text_column"])
+    if len(rows) == 0:
+        raise ConfigError("input", f"{src} has no rows; give a file with at least one")
     init_ray(c)
+    actors = max(1, min(c["num_actors"], -(-len(rows) // (c["batch_size"] * 4))))
+    needs = {"CPU": (actors * c["cpus_per_actor"], "num_actors")}
+    if c["use_gpu"]:
+        needs["GPU"] = (actors, "use_gpu")
+    check_resources(needs, embedded=not c["ray"]["address"])
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = bool(c["ray"]["verbose"])

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.logs import quiet_libraries
 from ..config import ConfigError
-from ..config.validate import get_key, local_path
+from ..config.validate import get_key, local_path, writable_path
 from ..models.artifact import model_info
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,7 +66,7 @@ def validate_serve(c: dict[str, Any]) -> None:
     s = c["serve"]
     env(s["ingress"])
     if s["export"]:
-        local_path(s["export"], "serve.export")
+        writable_path(s["export"], "serve.export", "file")
     for key in ("num_replicas", "threads", "max_ongoing_requests", "batch_size", "max_texts"):
         if s[key] < 1:
             raise ConfigError(f"serve.{key}", f"must be >= 1, got {s[key]}")
@@ -182,12 +182,22 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def replica_needs(s: dict[str, Any], n_models: int) -> dict[str, tuple[float, str]]:
+    """What the replicas ask of the cluster at start (each model is a deployment)."""
+    a = s["autoscaling"]
+    replicas = n_models * (max(1, a["min_replicas"]) if a["max_replicas"] else s["num_replicas"])
+    needs = {"CPU": (replicas * s["cpus_per_replica"], "serve.num_replicas")}
+    if s["gpus_per_replica"]:
+        needs["GPU"] = (replicas * s["gpus_per_replica"], "serve.gpus_per_replica")
+    return needs
+
+
 def start(c: dict[str, Any], args: dict[str, Any]) -> str:
     """Deploy on the connected (or a new embedded) cluster; returns the base URL."""
     import ray
     from ray import serve
 
-    from .._internal.cluster import init_ray
+    from .._internal.cluster import check_resources, init_ray
     from .app import QUIET_LOGGING, build_app
     from .ingress import use
 
@@ -196,6 +206,7 @@ def start(c: dict[str, Any], args: dict[str, Any]) -> str:
         check_port_free(s["host"], s["port"])
         use(s["ingress"])  # the cluster about to start serves in this mode
     init_ray(c)
+    check_resources(replica_needs(s, len(args["models"])), embedded=not c["ray"]["address"])
     stop_on_sigterm()  # after ray.init, which installs its own handlers
     # Access logs and controller INFO lines only with ray.verbose=true.
     logs = None if c["ray"]["verbose"] else QUIET_LOGGING

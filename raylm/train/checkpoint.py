@@ -28,9 +28,12 @@ def _rank() -> int:
 def save_checkpoint(engine, directory: str | Path, state: dict[str, Any]) -> None:
     directory = Path(directory)
     engine.save_checkpoint(str(directory), tag=TAG)
+    # Plain lists and tensors only, so the load needs no unpickling (weights_only=True).
+    version, words, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     rng = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(words), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -49,9 +52,11 @@ def load_checkpoint(engine, directory: str | Path) -> dict[str, Any]:
         raise RuntimeError(f"DeepSpeed found no checkpoint under {directory}")
     rng_file = directory / f"rng_rank{_rank()}.pt"
     if rng_file.exists():  # absent when the world size grew; the seed stream is then new
-        rng = torch.load(rng_file, weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        rng = torch.load(rng_file, weights_only=True)
+        version, words, gauss = rng["python"]
+        random.setstate((version, tuple(words), gauss))
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])

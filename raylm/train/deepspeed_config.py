@@ -20,6 +20,13 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
+def warmup_steps(tr: dict[str, Any], max_steps: int) -> int:
+    """``trainer.warmup_steps`` if set, else ``trainer.warmup_ratio`` of ``max_steps``."""
+    if tr["warmup_steps"] is not None:
+        return tr["warmup_steps"]
+    return round(tr["warmup_ratio"] * max_steps)
+
+
 def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> dict[str, Any]:
     tr, ds = cfg["trainer"], cfg["deepspeed"]
     zero: dict[str, Any] = {"stage": ds["zero_stage"]}
@@ -32,7 +39,7 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
         zero["offload_param"] = {"device": "cpu", "pin_memory": bool(cfg["scaling"]["use_gpu"])}
 
     # DeepSpeed's schedulers need at least one warmup step; 0 means "as short as allowed".
-    warmup = max(1, min(tr["warmup_steps"], max_steps))
+    warmup = max(1, min(warmup_steps(tr, max_steps), max_steps))
     min_ratio = tr["min_lr_ratio"]
     if tr["schedule"] == "cosine":
         scheduler = {
@@ -102,3 +109,45 @@ def deepspeed_config(cfg: dict[str, Any], world_size: int, max_steps: int) -> di
         "wall_clock_breakdown": False,
     }
     return _merge(config, ds.get("overrides") or {})
+
+
+def _dotted(tree: dict, leaf: str, prefix: str = "deepspeed.overrides") -> str | None:
+    """The dotted key under ``tree`` whose last part is ``leaf``, if one is."""
+    for key, value in tree.items():
+        here = f"{prefix}.{key}"
+        if key == leaf:
+            return here
+        if isinstance(value, dict):
+            found = _dotted(value, leaf, here)
+            if found:
+                return found
+    return None
+
+
+def check_overrides(cfg: dict[str, Any]) -> None:
+    """Validate ``deepspeed.overrides`` with DeepSpeed's own config classes, here on the
+    driver: in the workers a bad value is a pydantic error printed once per restart.
+
+    The batch sizes are left out: they depend on the world size, which only the workers
+    know (raylm derives them; an override of them is checked there)."""
+    overrides = cfg["deepspeed"].get("overrides") or {}
+    if not overrides:
+        return
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    from ..config import ConfigError
+
+    config = deepspeed_config(cfg, world_size=1, max_steps=cfg["trainer"].get("max_steps") or 1)
+    config.pop("train_batch_size", None)
+    try:
+        DeepSpeedConfig(config)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        leaf = str(error["loc"][-1]) if error["loc"] else ""
+        key = _dotted(overrides, leaf) or "deepspeed.overrides"
+        got = f", got {error['input']!r}" if error["type"] != "missing" else ""
+        raise ConfigError(key, f"{error['msg']}{got} (DeepSpeed's {exc.title})") from None
+    except (AssertionError, ValueError, TypeError, KeyError) as exc:
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError("deepspeed.overrides", f"DeepSpeed refuses them: {text}") from None

@@ -25,6 +25,7 @@ from ..api import started_at
 from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import ARTIFACT_FILE, Artifact
+from .deepspeed_config import check_overrides
 from .metrics import LOSS_CURVE_FILE, METRICS_FILE, plot_confusion, plot_loss_curve
 
 CONFUSION_FILE = "confusion_matrix.png"
@@ -61,6 +62,10 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             fetch(init_from, Path(tempfile.mkdtemp(prefix="raylm-init-")), "model.init_from")
         )
     if c["model"]["init_from"]:
+        if looks_like_path(init_from):  # else a Hub name
+            from ..models.artifact import check_model_dir
+
+            check_model_dir(Path(init_from).expanduser(), "model.init_from")
         try:
             init_config = load_init_config(init_from)
         except (OSError, ValueError) as exc:
@@ -71,6 +76,7 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         # The architecture is the directory's, not the preset's: name it so in raylm.json.
         c["model"]["name"] = str(c["model"]["init_from"])
     validate_training(c, init_config=init_config)  # before the tokenizer is read
+    check_overrides(c)
     task = get_task(c["task"])
     tok_src = _tokenizer_source(c)
     try:
@@ -90,7 +96,9 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
                 f"model.head={head}: a new head is initialized and trained on top of the "
                 f"encoder of {c['model']['init_from']}"
             )
-        elif not has_head_for(init_config, c["task"]):
+        elif has_head_for(init_config, c["task"]):
+            c["init_head_labels"] = init_config.num_labels  # checked once labels are read
+        else:
             print(
                 f"model.init_from={c['model']['init_from']} has no {c['task']} head: a new one "
                 "is initialized and trained from scratch on top of its encoder"
@@ -120,6 +128,17 @@ def prepare(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         :16
     ]
     return c
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a Hub name (``org/model``): what transformers would
+    otherwise answer with "Repo id must be in the form 'namespace/repo_name'"."""
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+    )
 
 
 def file_keys(c: dict[str, Any]) -> list[str]:
@@ -191,6 +210,12 @@ def load_documents(c: dict[str, Any]) -> dict[str, Any]:
             docs["train"], docs.get("eval"), data["label_column"], data["labels"]
         )
         task.check_labels(c["labels"], "data.labels" if data["labels"] else "data.label_column")
+        if c.get("init_head_labels") not in (None, len(c["labels"])):
+            print(
+                f"model.init_from={c['model']['init_from']} has a {c['task']} head for "
+                f"{c['init_head_labels']} labels, the data has {len(c['labels'])}: a new head "
+                "is initialized and trained on top of its encoder"
+            )
         if "eval" not in docs:
             docs["train"], docs["eval"] = hold_out(
                 docs["train"], data["eval_fraction"], c["trainer"]["seed"]
@@ -258,6 +283,27 @@ def steps_for(c: dict[str, Any], train_rows: int) -> int:
     return max(1, tr["epochs"] * per_worker_batches // tr["grad_accum"])
 
 
+def doubtful_settings(c: dict[str, Any]) -> list[str]:
+    """One warning line per setting that is valid but cannot do what was likely meant;
+    known only once the data is read (``max_steps`` may come from ``trainer.epochs``)."""
+    from .deepspeed_config import warmup_steps
+
+    tr, steps, lines = c["trainer"], c["max_steps"], []
+    if tr["warmup_steps"] is not None and warmup_steps(tr, steps) >= steps:
+        lines.append(
+            f"warning: trainer.warmup_steps={tr['warmup_steps']} is not below the run's "
+            f"{steps} steps: the learning rate never reaches trainer.lr; lower it, or drop "
+            f"it for trainer.warmup_ratio ({tr['warmup_ratio']} of the steps)"
+        )
+    if c["has_eval"] and tr["eval_every"] > steps:
+        lines.append(
+            f"warning: trainer.eval_every={tr['eval_every']} is beyond the run's {steps} "
+            "steps: it evaluates once, at the end"
+            + ("; trainer.metric has one eval to choose from" if tr["metric"] else "")
+        )
+    return lines  # (an eval set under one batch per worker is refused: build_datasets)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, export, plot. Returns a summary (paths and final metrics)."""
     return fit(prepare(cfg))
@@ -314,6 +360,8 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     datasets = build_datasets(c)
     c["max_steps"] = steps_for(c, datasets["train"].count())
     c["has_eval"] = "eval" in datasets
+    for line in doubtful_settings(c):
+        print(line, flush=True)
     sc = c["scaling"]
     resources = {"CPU": sc["cpus_per_worker"], **sc["resources_per_worker"]}
     if sc["use_gpu"]:

@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._internal.cluster import check_shared_path, init_ray
 from .._internal.logs import quiet_libraries
+from .._internal.redact import redact
 from .._internal.storage import RunDir, is_uri, join, override
 from ..api import compose_checked
 from ..config import ConfigError
-from ..config.validate import local_path
+from ..config.validate import local_path, writable_path
 from ..tasks import get_task
 from . import algorithms
 from .results import HISTORY_DIR, RESULT_FILES, TrialHistory, write_results
@@ -138,6 +139,8 @@ def prepare(cfg: DictConfig, files: bool = True) -> dict[str, Any]:
         out = Path(tempfile.gettempdir()) / "raylm-runs" / f"sweep-{os.urandom(8).hex()}"
     else:
         out = local_path(location, "output_dir").resolve()
+        if files:
+            writable_path(location, "output_dir", "dir")
         location = str(out)
     overrides = [*c["base_overrides"], *c["extra_overrides"]]
     for item in overrides:
@@ -216,10 +219,9 @@ def check_output_dir(spec: dict[str, Any]) -> None:
         if not tune.Tuner.can_restore(**tune_storage(spec)):
             raise ConfigError("resume", f"no earlier sweep in {out} to resume; drop resume=true")
         saved = json.loads(store.read_text(SWEEP_FILE) or "null")
-        if saved != json.loads(json.dumps(_fingerprint(spec))):
-            changed = [
-                k for k in saved if saved[k] != json.loads(json.dumps(_fingerprint(spec)))[k]
-            ]
+        now = _saved_fingerprint(spec)
+        if saved != now:
+            changed = [k for k in saved if saved[k] != now.get(k)]
             raise ConfigError(
                 "resume",
                 f"the sweep in {out} was started with a different {', '.join(changed)}; resume "
@@ -239,8 +241,12 @@ def check_output_dir(spec: dict[str, Any]) -> None:
     for name in previous:
         store.remove(name)
     local.mkdir(parents=True, exist_ok=True)
-    (local / SWEEP_FILE).write_text(json.dumps(_fingerprint(spec), indent=2))
+    (local / SWEEP_FILE).write_text(json.dumps(_saved_fingerprint(spec), indent=2))
     store.push(SWEEP_FILE, local / SWEEP_FILE)
+
+
+def _saved_fingerprint(spec: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(redact(_fingerprint(spec))))
 
 
 def tune_storage(spec: dict[str, Any]) -> dict[str, Any]:

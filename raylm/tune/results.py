@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
+from .._internal.redact import redact
 from .._internal.storage import RunDir, join, override
 from ..config import ConfigError
 from ..models.artifact import ARTIFACT_FILE, Artifact
@@ -327,7 +328,7 @@ def write_results(grid, spec: dict[str, Any]) -> dict[str, Any]:
                 "pbt: these are the winner's final values; its weights also come from the "
                 "checkpoints it copied, so best_model (not a rerun) is what pbt found"
             )
-    (out / "best.yaml").write_text(yaml.safe_dump(best_yaml, sort_keys=False, width=10**6))
+    (out / "best.yaml").write_text(yaml.safe_dump(redact(best_yaml), sort_keys=False, width=10**6))
     paths["best"] = out / "best.yaml"
     store = RunDir(spec["location"])
     link = out / "best_model"
