@@ -13,3 +13,17 @@ class AllocatesTooMuch(Objective):
     def __call__(self, model, inputs):
         torch.empty(2**45, dtype=torch.uint8)
         return super().__call__(model, inputs)
+
+
+class LossBecomesNaN(Objective):
+    """From micro-step ``at`` on, the loss is NaN (as an overflow makes it): backward then
+    fills gradients and, after the step, the weights with NaN."""
+
+    def __init__(self, task, device, at: int = 6, **settings):
+        super().__init__(task, device, **settings)
+        self.at, self.calls = at, 0
+
+    def __call__(self, model, inputs):
+        loss, output = super().__call__(model, inputs)
+        self.calls += 1
+        return (loss * float("nan") if self.calls >= self.at else loss), output

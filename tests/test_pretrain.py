@@ -276,3 +276,38 @@ def test_out_of_memory_in_a_worker_is_one_line_naming_the_knobs(
     ), text
     assert "deepspeed=auto" in text and "\n" not in text
     assert not (out / "model").exists()
+
+
+def test_a_nan_loss_stops_the_run_with_its_step_and_exports_nothing(
+    ray_cluster, corpus, tokenizers, tmp_path
+):
+    """The loss turns NaN at step 8 (tests/faults.py): the run stops at the next check
+    (the step-10 log), says so in one line, exports no model of NaNs, keeps the step-5
+    checkpoint, and is not restarted into the same divergence (max_failures is 2)."""
+    from raylm.config import ConfigError
+    from raylm.train.job import fit, prepare
+
+    out = tmp_path / "nan"
+    c = prepare(
+        raylm.compose(
+            "pretrain",
+            [
+                *FAST,
+                f"data.train_files=[{corpus['train']}]",
+                f"tokenizer.path={tokenizers['bpe']}",
+                f"output_dir={out}",
+                "trainer.max_steps=20",
+                "trainer.checkpoint_every=5",
+            ],
+        )
+    )
+    c["objective"] = {"target": "faults:LossBecomesNaN", "at": 8}
+    with pytest.raises(ConfigError) as err:
+        fit(c)
+    assert str(err.value).startswith(
+        "trainer.lr: the loss became nan by step 10 (checked every trainer.log_every=5 steps"
+    ), str(err.value)
+    assert "the checkpoint of step 5 is from before it" in str(err.value)
+    assert not (out / "model").exists()
+    steps = [r["step"] for r in read_metrics(out) if "loss" in r]
+    assert steps == [5]  # the diverged window was never logged as a loss

@@ -26,7 +26,7 @@ from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import ARTIFACT_FILE, Artifact
 from .deepspeed_config import check_overrides
-from .metrics import LOSS_CURVE_FILE, METRICS_FILE, plot_confusion, plot_loss_curve
+from .metrics import DIVERGED_FILE, LOSS_CURVE_FILE, METRICS_FILE, plot_confusion, plot_loss_curve
 
 CONFUSION_FILE = "confusion_matrix.png"
 
@@ -392,8 +392,12 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     out = RunDir(c["output_dir"], c["run_id"])
+    out.remove(DIVERGED_FILE)  # a resumed run's earlier divergence is not this one's
     try:
         result = trainer.fit()
+        record = RunDir(c["output_dir"]).read_text(DIVERGED_FILE)
+        if record:
+            raise diverged(c, json.loads(record), result) from None
         return report(c, out, result)
     except Exception as exc:
         # A user mistake only a worker could see (say, model.head importable here but not
@@ -404,6 +408,33 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         raise mistake from None
     finally:
         out.clean_mirror()  # this node's; a failed worker's on another node is in its /tmp
+
+
+def diverged(c: dict[str, Any], m: dict[str, Any], result) -> ConfigError:
+    """The run stopped on a NaN / inf loss (train.loop wrote ``m``: its step and loss):
+    one line with the step and the knobs. Nothing was exported; the checkpoints before it
+    are kept."""
+    tr = c["trainer"]
+    ckpt = result.checkpoint
+    step = None
+    if ckpt is not None:
+        from .checkpoint import STATE_FILE
+
+        with ckpt.as_directory() as d:
+            step = json.loads((Path(d) / STATE_FILE).read_text()).get("step")
+    before = (
+        f"; the checkpoint of step {step} is from before it (resume=true with a lower "
+        "trainer.lr continues from there)"
+        if step is not None and step < m["step"]
+        else ""
+    )
+    return ConfigError(
+        "trainer.lr",
+        f"the loss became {m['loss']} by step {m['step']} (checked every "
+        f"trainer.log_every={tr['log_every']} steps and at each checkpoint): training "
+        "diverged and nothing was exported; lower trainer.lr, keep trainer.grad_clip on, "
+        f"lengthen the warmup (trainer.warmup_ratio), or use bf16 rather than fp16{before}",
+    )
 
 
 def checkpoint_location(out: RunDir, checkpoint) -> str | None:

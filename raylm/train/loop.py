@@ -5,6 +5,8 @@ Read top to bottom: build -> restore -> (step, log, eval, checkpoint)* -> export
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import shutil
@@ -29,7 +31,14 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data_config import shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
-from .metrics import METRICS_FILE, MetricsLog, host_memory_bytes, peak_flops, peak_memory_bytes
+from .metrics import (
+    DIVERGED_FILE,
+    METRICS_FILE,
+    MetricsLog,
+    host_memory_bytes,
+    peak_flops,
+    peak_memory_bytes,
+)
 from .objective import build_objective
 from .oom import memory_kind, out_of_memory
 
@@ -342,9 +351,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     metric, patience = tr["metric"], tr["early_stopping_patience"]
     stop = False
+    diverged: tuple[int, float] | None = None  # (step, loss) of a NaN / inf loss
 
     # --- train
-    while state["step"] < max_steps and not stop:
+    while state["step"] < max_steps and not stop and not diverged:
         batches = train_shard.iter_torch_batches(
             batch_size=micro,
             drop_last=True,
@@ -388,6 +398,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     [window["loss"].item(), window["n"], window["tokens"], window["wait"]],
                     engine.device,
                 )
+                if not math.isfinite(loss_sum / n):
+                    diverged = (step, loss_sum / n)
+                    break
                 dt = time.perf_counter() - window["t"]
                 last = {
                     "loss": loss_sum / n,
@@ -429,6 +442,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             # checkpoint; each report carries the latest eval's scores.
             report = {**last, **evals, "step": step}
             if step % tr["checkpoint_every"] == 0 or step == max_steps:
+                # Never checkpoint (or export) a diverged model: every rank sees the
+                # same all-reduced loss, so all stop together.
+                (window_loss,) = _all_reduce_sum([window["loss"].item()], engine.device)
+                if not math.isfinite(window_loss):
+                    diverged = (step, window_loss)
+                    break
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
                     save_checkpoint(engine, d, state)
                     if log:  # the log as far as this checkpoint, for a restart elsewhere
@@ -444,6 +463,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+    if diverged:
+        # Recorded, not raised: Ray Train would restart the run from its checkpoint and
+        # diverge again, max_failures times. The driver makes it one line (job.fit).
+        if bar:
+            bar.close()
+        if rank == 0:
+            record = {"step": diverged[0], "loss": diverged[1]}
+            (run.local / DIVERGED_FILE).write_text(json.dumps(record))
+            run.push(DIVERGED_FILE)
+        return
 
     # --- export: the best snapshot when trainer.metric picked one, else the last weights
     if bar:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 METRICS_FILE = "metrics.jsonl"
+DIVERGED_FILE = "diverged.json"  # a run stopped on a NaN / inf loss: its step and loss
 LOSS_CURVE_FILE = "loss_curve.png"
 
 # Dense peak TFLOP/s per GPU for 16-bit tensor-core math (vendor datasheets); fp32 runs
