@@ -11,7 +11,9 @@ import copy
 import hashlib
 import json
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,14 @@ from ..config import ConfigError, validate_training
 from ..config.validate import check_data_files, check_vocab, get_key
 from ..models.artifact import ARTIFACT_FILE, Artifact
 from .deepspeed_config import check_overrides
-from .metrics import DIVERGED_FILE, LOSS_CURVE_FILE, METRICS_FILE, plot_confusion, plot_loss_curve
+from .metrics import (
+    DIVERGED_FILE,
+    LOSS_CURVE_FILE,
+    METRICS_FILE,
+    STOP_FILE,
+    plot_confusion,
+    plot_loss_curve,
+)
 
 CONFUSION_FILE = "confusion_matrix.png"
 
@@ -392,9 +401,19 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     out = RunDir(c["output_dir"], c["run_id"])
-    out.remove(DIVERGED_FILE)  # a resumed run's earlier divergence is not this one's
+    for name in (DIVERGED_FILE, STOP_FILE):  # a resumed run's, not this one's
+        out.remove(name)
+    previous = stop_on_sigterm(out)
     try:
         result = trainer.fit()
+        if out.exists(STOP_FILE):
+            out.remove(STOP_FILE)
+            step = checkpoint_step(result.checkpoint)
+            print(
+                f"stopped at step {step} after its checkpoint; resume=true continues from it",
+                flush=True,
+            )
+            raise KeyboardInterrupt
         record = RunDir(c["output_dir"]).read_text(DIVERGED_FILE)
         if record:
             raise diverged(c, json.loads(record), result) from None
@@ -407,7 +426,45 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
             raise
         raise mistake from None
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         out.clean_mirror()  # this node's; a failed worker's on another node is in its /tmp
+
+
+def checkpoint_step(checkpoint) -> int | None:
+    """The training step a Ray Train checkpoint of this loop was taken at."""
+    if checkpoint is None:
+        return None
+    from .checkpoint import STATE_FILE
+
+    with checkpoint.as_directory() as d:
+        return json.loads((Path(d) / STATE_FILE).read_text()).get("step")
+
+
+def stop_on_sigterm(out: RunDir) -> Any:
+    """SIGTERM (Kubernetes, Docker, systemd) asks the workers to checkpoint at the next
+    log step and stop (train.loop reads the request), so ``resume=true`` loses nothing;
+    a second SIGTERM, or Ctrl-C, stops at once. Installed after ``ray.init``, whose own
+    handler prints a native stack dump and leaves the embedded cluster's processes.
+    Returns the handler it replaced (None off the main thread: a sweep's trials)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    asked = False
+
+    def request_stop(signum, frame):
+        nonlocal asked
+        if asked:
+            raise KeyboardInterrupt
+        asked = True
+        print(
+            "SIGTERM: stopping after a checkpoint at the next log step (again: stop now)",
+            flush=True,
+        )
+        out.local.mkdir(parents=True, exist_ok=True)
+        (out.local / STOP_FILE).write_text("")
+        out.push(STOP_FILE)
+
+    return signal.signal(signal.SIGTERM, request_stop)  # the handler it replaces
 
 
 def diverged(c: dict[str, Any], m: dict[str, Any], result) -> ConfigError:
@@ -415,13 +472,7 @@ def diverged(c: dict[str, Any], m: dict[str, Any], result) -> ConfigError:
     one line with the step and the knobs. Nothing was exported; the checkpoints before it
     are kept."""
     tr = c["trainer"]
-    ckpt = result.checkpoint
-    step = None
-    if ckpt is not None:
-        from .checkpoint import STATE_FILE
-
-        with ckpt.as_directory() as d:
-            step = json.loads((Path(d) / STATE_FILE).read_text()).get("step")
+    step = checkpoint_step(result.checkpoint)
     before = (
         f"; the checkpoint of step {step} is from before it (resume=true with a lower "
         "trainer.lr continues from there)"

@@ -34,6 +34,7 @@ from .export import export_model
 from .metrics import (
     DIVERGED_FILE,
     METRICS_FILE,
+    STOP_FILE,
     MetricsLog,
     host_memory_bytes,
     peak_flops,
@@ -352,9 +353,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     metric, patience = tr["metric"], tr["early_stopping_patience"]
     stop = False
     diverged: tuple[int, float] | None = None  # (step, loss) of a NaN / inf loss
+    stopping = False  # the driver asked (SIGTERM): checkpoint this step and stop
 
     # --- train
-    while state["step"] < max_steps and not stop and not diverged:
+    while state["step"] < max_steps and not (stop or diverged or stopping):
         batches = train_shard.iter_torch_batches(
             batch_size=micro,
             drop_last=True,
@@ -394,10 +396,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             first_step = False
 
             if step % tr["log_every"] == 0 or step == max_steps:
-                loss_sum, n, tokens, wait = _all_reduce_sum(
-                    [window["loss"].item(), window["n"], window["tokens"], window["wait"]],
+                # Rank 0 looks for the driver's stop request; the sum tells every rank.
+                asked = float(rank == 0 and run.exists(STOP_FILE))
+                loss_sum, n, tokens, wait, asked = _all_reduce_sum(
+                    [window["loss"].item(), window["n"], window["tokens"], window["wait"], asked],
                     engine.device,
                 )
+                stopping = asked > 0
                 if not math.isfinite(loss_sum / n):
                     diverged = (step, loss_sum / n)
                     break
@@ -441,7 +446,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             # Ray sees every eval (a sweep's scheduler judges trials by them) and every
             # checkpoint; each report carries the latest eval's scores.
             report = {**last, **evals, "step": step}
-            if step % tr["checkpoint_every"] == 0 or step == max_steps:
+            if step % tr["checkpoint_every"] == 0 or step == max_steps or stopping:
                 # Never checkpoint (or export) a diverged model: every rank sees the
                 # same all-reduced loss, so all stop together.
                 (window_loss,) = _all_reduce_sum([window["loss"].item()], engine.device)
@@ -458,11 +463,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 ray.train.report(report)
             # Eval and checkpoint time is not training throughput.
             window["t"] += time.perf_counter() - paused
-            if step >= max_steps or stop:
+            if step >= max_steps or stop or stopping:
                 break
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+    if stopping and state["step"] < max_steps:
+        if bar:
+            bar.close()
+        return  # checkpointed above; resume=true continues from it
     if diverged:
         # Recorded, not raised: Ray Train would restart the run from its checkpoint and
         # diverge again, max_failures times. The driver makes it one line (job.fit).

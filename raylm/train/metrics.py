@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 METRICS_FILE = "metrics.jsonl"
+STOP_FILE = "stop_requested"  # the driver got SIGTERM: checkpoint and stop (job.fit)
 DIVERGED_FILE = "diverged.json"  # a run stopped on a NaN / inf loss: its step and loss
 LOSS_CURVE_FILE = "loss_curve.png"
 
