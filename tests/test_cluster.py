@@ -10,6 +10,7 @@ node cannot see it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -78,19 +79,20 @@ class Node:
         return int(out.stdout.split()[0])
 
     def kill(self) -> None:
-        """Everything on the node at once, workers (which run in their own sessions) too."""
+        """Everything on the node at once, as when a machine is lost: every process it
+        started, however deep (workers run in their own sessions, and Serve's HAProxy is
+        a worker's child: left alive, it would hold its ports for the next cluster)."""
+        import psutil
+
         try:
-            raylet = self.raylet()
-            workers = subprocess.run(
-                ["pgrep", "-P", str(raylet)], capture_output=True, text=True
-            ).stdout.split()
-        except (IndexError, ValueError):
-            workers = []
-        for pid in workers:
-            with _quiet():
-                os.kill(int(pid), signal.SIGKILL)
-        with _quiet():
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            tree = [psutil.Process(self.proc.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(tree, timeout=30)
         self.proc.wait(timeout=30)
 
 
@@ -125,6 +127,10 @@ def cluster(corpus, tokenizers, s3):
         "RAY_health_check_period_ms": "500",
         "RAY_health_check_failure_threshold": "4",
         "RAY_health_check_timeout_ms": "500",
+        # HAProxy's own fixed ports (metrics, stats) for this cluster's Serve, apart from
+        # those of the session's cluster (ray_cluster puts its own in this environment).
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
     }
     env.pop("RAY_ADDRESS", None)
     head = Node(

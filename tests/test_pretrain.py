@@ -32,6 +32,25 @@ def pretrain(tmp_path, name, corpus, tokenizer, *overrides):
     return out, summary
 
 
+def prepared(out, corpus, tokenizer, *overrides) -> dict:
+    """The prepared config of a FAST pretraining run, for tests that call fit with a fault
+    objective in it."""
+    from raylm.train.job import prepare
+
+    return prepare(
+        raylm.compose(
+            "pretrain",
+            [
+                *FAST,
+                f"data.train_files=[{corpus['train']}]",
+                f"tokenizer.path={tokenizer}",
+                f"output_dir={out}",
+                *overrides,
+            ],
+        )
+    )
+
+
 def assert_loss_falls(out, factor):
     curve = losses(out)
     first, last = curve[0][1], curve[-1][1]
@@ -250,22 +269,10 @@ def test_out_of_memory_in_a_worker_is_one_line_naming_the_knobs(
     """A real allocator failure inside a real Ray Train worker (tests/faults.py asks for
     128 TiB at the first step) ends as one ConfigError line, and no model is exported."""
     from raylm.config import ConfigError
-    from raylm.train.job import fit, prepare
+    from raylm.train.job import fit
 
     out = tmp_path / "oom"
-    c = prepare(
-        raylm.compose(
-            "pretrain",
-            [
-                *FAST,
-                f"data.train_files=[{corpus['train']}]",
-                f"tokenizer.path={tokenizers['bpe']}",
-                f"output_dir={out}",
-                "trainer.max_steps=5",
-                "trainer.max_failures=0",
-            ],
-        )
-    )
+    c = prepared(out, corpus, tokenizers["bpe"], "trainer.max_steps=5", "trainer.max_failures=0")
     c["objective"] = {"target": "faults:AllocatesTooMuch"}
     with pytest.raises(ConfigError) as err:
         fit(c)
@@ -285,21 +292,11 @@ def test_a_nan_loss_stops_the_run_with_its_step_and_exports_nothing(
     (the step-10 log), says so in one line, exports no model of NaNs, keeps the step-5
     checkpoint, and is not restarted into the same divergence (max_failures is 2)."""
     from raylm.config import ConfigError
-    from raylm.train.job import fit, prepare
+    from raylm.train.job import fit
 
     out = tmp_path / "nan"
-    c = prepare(
-        raylm.compose(
-            "pretrain",
-            [
-                *FAST,
-                f"data.train_files=[{corpus['train']}]",
-                f"tokenizer.path={tokenizers['bpe']}",
-                f"output_dir={out}",
-                "trainer.max_steps=20",
-                "trainer.checkpoint_every=5",
-            ],
-        )
+    c = prepared(
+        out, corpus, tokenizers["bpe"], "trainer.max_steps=20", "trainer.checkpoint_every=5"
     )
     c["objective"] = {"target": "faults:LossBecomesNaN", "at": 8}
     with pytest.raises(ConfigError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config.errors import ConfigError
@@ -115,11 +116,7 @@ def _fault(path: Path, kind: str) -> str | None:
     if kind == "parquet":
         import pyarrow.parquet as pq
 
-        try:
-            pq.read_table(path)
-        except Exception as exc:  # noqa: BLE001
-            return f"not a readable parquet file ({_root_cause(exc)})"
-        return None
+        return _reader_fault(pq.read_table, path, "not a readable parquet file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -148,10 +145,17 @@ def _fault(path: Path, kind: str) -> str | None:
     if kind == "csv":
         import pandas as pd
 
-        try:
-            pd.read_csv(path)
-        except Exception as exc:  # noqa: BLE001
-            return f"not readable as CSV ({_root_cause(exc)})"
+        return _reader_fault(pd.read_csv, path, "not readable as CSV")
+    return None
+
+
+def _reader_fault(read: Callable[[Path], object], path: Path, what: str) -> str | None:
+    """``what`` with the reader's root cause if ``read(path)`` raises: a binary format's
+    reader is the only judge of it, and any error it raises is the file's."""
+    try:
+        read(path)
+    except Exception as exc:  # noqa: BLE001
+        return f"{what} ({_root_cause(exc)})"
     return None
 
 

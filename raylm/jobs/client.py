@@ -112,6 +112,13 @@ def connect(address: str) -> Cluster:
         logging.getLogger(name).setLevel(logging.WARNING)
     token = find_token()
     headers = {"Authorization": f"Bearer {token[0]}"} if token else {}
+    if not token:
+        # Ray adds its own loader's token when token mode is on in this process, and that
+        # loader caches: a token set and unset since (a notebook, a test) would still be
+        # sent. Re-read, so Ray finds what find_token found: nothing (and says so, below).
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
     with one_line_errors(address, token):
         client = JobSubmissionClient(address, headers=headers)
         client.list_jobs()  # the constructor does not authenticate; fail here, not later
