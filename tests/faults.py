@@ -27,3 +27,32 @@ class LossBecomesNaN(Objective):
         loss, output = super().__call__(model, inputs)
         self.calls += 1
         return (loss * float("nan") if self.calls >= self.at else loss), output
+
+
+class KilledOnce(Objective):
+    """SIGKILLs its own Ray Train worker (rank ``rank``) at step ``at``, once: the
+    ``marker`` file it leaves keeps the restarted worker alive. The loss is the task's,
+    so the run is the same run as one never killed."""
+
+    def __init__(self, task, device, at: int = 13, marker: str = "", rank: int = 1, **settings):
+        super().__init__(task, device, **settings)
+        self.at, self.marker, self.rank, self.calls = at, marker, rank, 0
+
+    def __call__(self, model, inputs):
+        import os
+        import signal
+        import time
+        from pathlib import Path
+
+        import torch.distributed as dist
+
+        self.calls += 1
+        mine = not dist.is_initialized() or dist.get_rank() == self.rank
+        if self.calls == self.at and mine and not Path(self.marker).exists():
+            # Ray Train's controller registers a reported checkpoint at its next poll of
+            # the workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 0.5 s here): wait past a few,
+            # or the restart may find none yet and start over.
+            time.sleep(3)
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(model, inputs)

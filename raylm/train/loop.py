@@ -295,6 +295,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(engine, d)
+        # A restart (a lost worker or node) or resume=true: said in the log and metrics.
+        restored = {"resumed_step": state["step"]}
+        if rank == 0:
+            print(f"resumed from the checkpoint of step {state['step']}", flush=True)
     elif cfg.get("init_checkpoint"):
         # Another run's checkpoint (a sweep trial's own last one after a retry or resume,
         # or under PBT the better trial's it copies): its weights, optimizer and data
