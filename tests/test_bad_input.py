@@ -487,3 +487,36 @@ def test_secrets_are_redacted_by_name_in_every_shape():
         "env": {"HF_TOKEN": "***", "AWS_SECRET_ACCESS_KEY": "***", "PATH": "/bin"},
         "tokenizer": {"path": "tok"},
     }
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_tokenizer(tmp_path, corpus):
+    """A real ENOSPC: the command runs in its own mount namespace over a 16 KiB tmpfs
+    that holds an earlier tokenizer. The new one does not fit; the user gets one line
+    naming the key and the reason, and the earlier tokenizer is as it was."""
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("unshare --mount is not allowed here (needs CAP_SYS_ADMIN)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+set -e
+mount -t tmpfs -o size=16k tmpfs {disk}
+mkdir {disk}/tok && echo '{{"earlier": true}}' > {disk}/tok/tokenizer.json
+set +e
+{sys.executable} -m raylm tokenizer tokenizer.path={disk}/tok overwrite=true \\
+    data.train_files=[{corpus["train"]}] tokenizer.vocab_size=400 hydra.run.dir={tmp_path}/h
+echo "rc=$?"
+cat {disk}/tok/tokenizer.json
+ls -A {disk}
+"""
+    with bounded(120):
+        out = subprocess.run(
+            ["unshare", "--mount", "bash", "-c", script], capture_output=True, text=True
+        )
+    stdout = out.stdout.splitlines()
+    assert "rc=2" in stdout, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"raylm tokenizer: error: tokenizer.path: cannot write {disk}/tok "
+        "(no space left on the device); the earlier one is untouched"
+    ), out.stderr
+    assert "Traceback" not in out.stderr
+    assert stdout[-2:] == ['{"earlier": true}', "tok"]  # no half-written temp dir is left

@@ -84,8 +84,8 @@ def train_tokenizer(
     raise ValueError(f"unknown tokenizer type {kind!r}")
 
 
-def save_atomically(tokenizer, path: str | os.PathLike) -> Path:
-    with atomic_dir(path) as tmp:
+def save_atomically(tokenizer, path: str | os.PathLike, key: str = "tokenizer.path") -> Path:
+    with atomic_dir(path, key) as tmp:
         tokenizer.save_pretrained(str(tmp))
     return Path(path).resolve()
 

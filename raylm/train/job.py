@@ -183,9 +183,10 @@ def check_output_dir(c: dict[str, Any]) -> None:
                 "output_dir",
                 f"{out} holds an earlier run; set resume=true to continue it or overwrite=true to replace it",
             )
+        # model/ stays until the new run's export replaces it whole (atomic_dir): a run
+        # that fails before then, a full disk included, leaves the earlier model usable.
         for name in (
             "checkpoints",
-            "model",
             "best",
             "tensorboard",
             METRICS_FILE,
