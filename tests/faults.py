@@ -56,3 +56,66 @@ class KilledOnce(Objective):
             Path(self.marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return super().__call__(model, inputs)
+
+
+class StopsAt(Objective):
+    """Asks the run to stop at step ``at``, as SIGTERM to the command does: it leaves the
+    driver's stop request in ``output_dir``, so the run checkpoints at that step's log
+    (``trainer.log_every=1``) and ends; ``resume=true`` continues from there. The loss is
+    the task's."""
+
+    def __init__(self, task, device, at: int = 7, output_dir: str = "", **settings):
+        super().__init__(task, device, **settings)
+        self.at, self.output_dir = at, output_dir
+
+    def __call__(self, model, inputs):
+        from pathlib import Path
+
+        from raylm.train.metrics import STOP_FILE
+
+        if model.global_steps == self.at - 1:  # computing step `at`
+            (Path(self.output_dir) / STOP_FILE).write_text("")
+        return super().__call__(model, inputs)
+
+
+class KilledWhileCheckpointing(Objective):
+    """SIGKILLs its worker (rank ``rank``) while Ray Train writes the checkpoint of step
+    ``at`` to storage: the copy goes through, its largest file is then cut to half its
+    size (where the write had got to), and the process is killed before it returns, so
+    the checkpoint is never registered. Once: the ``marker`` file it leaves keeps the
+    restarted worker alive. The loss is the task's."""
+
+    def __init__(self, task, device, at: int = 15, marker: str = "", rank: int = 1, **settings):
+        super().__init__(task, device, **settings)
+        self.at, self.marker, self.rank, self.engine = at, marker, rank, None
+
+    def __call__(self, model, inputs):
+        if self.engine is None:
+            self.engine = model
+            self._cut_off_uploads()
+        return super().__call__(model, inputs)
+
+    def _cut_off_uploads(self):
+        import os
+        import signal
+        import time
+        from pathlib import Path
+
+        import torch.distributed as dist
+        from ray.train.v2._internal.execution import storage
+
+        copy = storage._pyarrow_fs_copy_files  # what persist_current_checkpoint calls
+
+        def cut_off(source, destination, **kwargs):
+            copy(source, destination, **kwargs)
+            mine = dist.get_rank() == self.rank
+            if self.engine.global_steps == self.at and mine and not Path(self.marker).exists():
+                # As KilledOnce: let Ray Train's controller register the checkpoint before.
+                time.sleep(3)
+                files = [p for p in Path(destination).rglob("*") if p.is_file()]
+                largest = max(files, key=lambda p: p.stat().st_size)
+                os.truncate(largest, largest.stat().st_size // 2)
+                Path(self.marker).write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        storage._pyarrow_fs_copy_files = cut_off

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -138,8 +139,9 @@ def test_init_from_continues_an_exported_model(clm_run, corpus, tmp_path):
         "trainer.warmup_steps=0",
         "trainer.lr=3e-4",
     )
-    start = losses(out)[0][1]
-    assert start < losses(first)[0][1] * 0.6  # starts where the first run ended, not from scratch
+    start, before = losses(out)[0][1], losses(first)
+    # Starts nearer where the first run ended than where it began: not from scratch.
+    assert start < (before[0][1] + before[-1][1]) / 2, (start, before)
     meta = json.loads((out / "model" / "raylm.json").read_text())
     assert meta["model"] == str(model_dir) and meta["export_check"]["max_abs_logit_diff"] <= 1e-4
     # An architecture that cannot do the task is refused before any worker starts.
@@ -241,7 +243,7 @@ def assert_killed_and_restored(out: Path, marker: Path) -> None:
     assert resumed == [10], resumed
 
 
-def assert_weights_match(a: Path, b: Path) -> None:
+def assert_weights_match(a: Path, b: Path, atol: float = 1e-4) -> None:
     from safetensors.torch import load_file
 
     wa, wb = (
@@ -251,7 +253,7 @@ def assert_weights_match(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for name in wb:
         assert wa[name].shape == wb[name].shape and wa[name].numel() > 0
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=1e-4, msg=name)
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=atol, msg=name)
 
 
 def test_zero_stages_follow_zero0_through_a_killed_worker(zero_runs):
@@ -292,6 +294,135 @@ def test_zero3_cpu_offload_trains_like_zero0(zero_runs, corpus, tokenizers, tmp_
         json.loads((out / "model" / "raylm.json").read_text())["export_check"]["max_abs_logit_diff"]
         <= 1e-4
     )
+
+
+# Dropout off: two workers' dropout masks are not one worker's, so only without it is
+# one worker with two accumulated micro-batches the same run as two workers.
+RESHARD_RUN = [
+    "trainer.max_steps=20",
+    "trainer.eval_every=20",
+    "trainer.checkpoint_every=10",
+    "trainer.log_every=1",
+    "model.dropout=0.0",
+]
+ON = {
+    2: ["scaling.num_workers=2", "trainer.grad_accum=1"],
+    1: ["scaling.num_workers=1", "trainer.grad_accum=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def two_worker_reference(ray_cluster, corpus, tokenizers, tmp_path_factory) -> Path:
+    out, _ = pretrain(
+        tmp_path_factory.mktemp("reshard"), "ref", corpus, tokenizers["bpe"], *RESHARD_RUN, *ON[2]
+    )
+    return out
+
+
+@pytest.mark.parametrize("stage,first", [(1, 2), (2, 1), (3, 2)])
+def test_resume_on_another_number_of_workers_continues_the_same_run(
+    two_worker_reference, corpus, tokenizers, tmp_path, stage, first
+):
+    """ZeRO partitions optimizer state (at stage 3, weights too) by the number of workers.
+    A run stopped at step 7 on ``first`` workers resumes on the other number (2 -> 1 or
+    1 -> 2), stops at step 14 and ends on the first number again: both directions at each
+    stage, each resume through DeepSpeed's universal checkpoint. The global batch is kept
+    (micro 8 x 2 workers, or x 2 accumulated on one), so an uninterrupted 2-worker ZeRO-0
+    run is the reference: every logged loss and the exported weights match it, which
+    holds only if no sample was skipped or seen twice across the reshards."""
+    other, reference = 3 - first, two_worker_reference
+    out = tmp_path / "resharded"
+
+    def segment(workers: int, *extra: str) -> None:
+        pretrain(
+            tmp_path,
+            "resharded",
+            corpus,
+            tokenizers["bpe"],
+            f"deepspeed=zero{stage}",
+            *RESHARD_RUN,
+            *ON[workers],
+            *extra,
+        )
+
+    def stop_at(step: int) -> list[str]:
+        return [
+            "+objective.target=faults:StopsAt",
+            f"+objective.at={step}",
+            f"+objective.output_dir={out}",
+        ]
+
+    with pytest.raises(KeyboardInterrupt):
+        segment(first, *stop_at(7))
+    with pytest.raises(KeyboardInterrupt):
+        segment(other, "resume=true", *stop_at(14))
+    segment(first, "resume=true")
+
+    rows = read_metrics(out)
+    resumed = [
+        (r["resumed_step"], r.get("resumed_from_workers")) for r in rows if "resumed_step" in r
+    ]
+    assert resumed == [(7, first), (14, other)], resumed
+    curve, expected = dict(losses(out)), dict(losses(reference))
+    assert sorted(curve) == list(range(1, 21))
+    # ZeRO-3 with torch's AdamW (what CPU runs use): the first step after DeepSpeed's
+    # universal load differs slightly (README: "Not covered yet"); measured 3.4e-3 at most.
+    rel, atol = (1e-4, 1e-4) if stage < 3 else (1e-2, 2e-3)
+    for step, loss in expected.items():
+        assert math.isclose(curve[step], loss, rel_tol=rel), (step, curve, expected)
+    if stage < 3:
+        assert_weights_match(out, reference)
+    else:
+        assert_weights_match(out, reference, atol=atol)
+
+
+def test_a_checkpoint_cut_off_or_damaged_is_skipped_for_the_whole_one_before(
+    two_worker_reference, corpus, tokenizers, tmp_path
+):
+    """Checkpoints every 5 steps. A worker is SIGKILLed while its step-15 checkpoint is
+    written to storage (a file of it cut to half, tests/faults.py): Ray Train never
+    registers it, the run restarts from step 10 and says it ignored the cut-off one.
+    Then the finished run's last checkpoint (step 20) is damaged (a file truncated) and
+    the run resumed: it skips that one for step 15's, says so, and trains to step 20
+    again. Both times the run ends with the uninterrupted run's weights."""
+    from raylm.train.checkpoint import TAG
+    from raylm.train.job import RUN_NAME
+
+    marker = tmp_path / "killed"
+    every_5 = [
+        *[o for o in RESHARD_RUN if "checkpoint_every" not in o],
+        "trainer.checkpoint_every=5",
+    ]
+    args = (tmp_path, "cut", corpus, tokenizers["bpe"], "deepspeed=zero2", *every_5, *ON[2])
+    fault = [
+        "+objective.target=faults:KilledWhileCheckpointing",
+        "+objective.at=15",
+        f"+objective.marker={marker}",
+    ]
+    out, _ = pretrain(*args, *fault)
+    assert marker.exists(), "the worker was not killed"
+    (row,) = [r for r in read_metrics(out) if "resumed_step" in r]
+    assert row["resumed_step"] == 10
+    (ignored,) = row["skipped_checkpoints"]
+    assert (
+        ignored.startswith("ignored the checkpoint checkpoint_") and "never registered" in ignored
+    )
+    assert_weights_match(out, two_worker_reference)
+
+    store = out / "checkpoints" / RUN_NAME
+    last = max(p for p in store.glob("checkpoint_*") if p.is_dir())  # not Ray's snapshot json
+    shard = max((last / TAG).glob("*optim_states.pt"), key=lambda p: p.stat().st_size)
+    size = shard.stat().st_size
+    os.truncate(shard, size // 3)
+    pretrain(*args, "resume=true")
+    row = [r for r in read_metrics(out) if "resumed_step" in r][-1]
+    assert row["resumed_step"] == 15
+    assert (
+        f"skipped the checkpoint {last.name}: {TAG}/{shard.name} is {size // 3} bytes, written as {size}"
+        in row["skipped_checkpoints"]
+    )
+    assert [s for s, _ in losses(out)] == list(range(1, 21))
+    assert_weights_match(out, two_worker_reference)
 
 
 def test_out_of_memory_in_a_worker_is_one_line_naming_the_knobs(

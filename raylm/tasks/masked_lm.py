@@ -29,7 +29,9 @@ class MaskingBatcher:
 
     def __call__(self, batch, index: int, device) -> dict[str, Any]:
         ids = batch["input_ids"].long()
-        self.generator.manual_seed(hash((self.seed, self.rank, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        # ``index`` is the batch's place in the run's one stream of batches: the same
+        # masks on any number of workers (a resumed run may have another).
+        self.generator.manual_seed(hash((self.seed, index)) & 0x7FFF_FFFF_FFFF_FFFF)
         special = torch.isin(ids, self.special_ids)
         inputs, labels = self.collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special)
         out = {"input_ids": inputs, "labels": labels}

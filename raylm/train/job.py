@@ -289,7 +289,8 @@ def steps_for(c: dict[str, Any], train_rows: int) -> int:
     if tr["epochs"] is None:
         return tr["max_steps"]
     world = c["scaling"]["num_workers"]
-    per_worker_batches = (train_rows // world) // tr["micro_batch_size"]
+    # The ranks share one stream of micro-batches (data_config.own_batches).
+    per_worker_batches = (train_rows // tr["micro_batch_size"]) // world
     return max(1, tr["epochs"] * per_worker_batches // tr["grad_accum"])
 
 
@@ -350,7 +351,7 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .data_config import split_for_workers
+    from .data_config import worker_datasets
     from .loop import train_loop_per_worker
 
     quiet_libraries(c["ray"]["verbose"])
@@ -398,7 +399,7 @@ def fit(c: dict[str, Any], callbacks: list | None = None) -> dict[str, Any]:
                 log_level="INFO" if c["ray"]["verbose"] else "WARNING"
             ),
         ),
-        datasets=split_for_workers(datasets, sc["num_workers"]),
+        datasets=worker_datasets(datasets, sc["num_workers"]),
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     out = RunDir(c["output_dir"], c["run_id"])

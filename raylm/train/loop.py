@@ -23,12 +23,19 @@ import torch.distributed as dist
 
 from .._internal.logs import quiet_libraries
 from .._internal.storage import RunDir, fetch, is_uri
+from ..config import ConfigError
 from ..data.tokenizer import load_tokenizer
 from ..models import build_model, flops_per_token
 from ..models.artifact import ARTIFACT_FILE, Artifact
 from ..tasks import Task, get_task
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data_config import shard_name
+from .checkpoint import (
+    load_checkpoint,
+    needs_universal,
+    save_checkpoint,
+    universal_copy,
+    whole_checkpoint,
+)
+from .data_config import TRAIN, own_batches, shard_name
 from .deepspeed_config import deepspeed_config
 from .export import export_model
 from .metrics import (
@@ -129,6 +136,47 @@ def evaluate(
     return metrics
 
 
+def batch_changed(saved: int | None, micro: int, grad_accum: int, world: int) -> str | None:
+    """A warning line where a resumed run's global batch differs from its checkpoint's
+    (another number of workers, most often), naming the ``grad_accum`` that keeps it."""
+    now = micro * grad_accum * world
+    if saved is None or saved == now:
+        return None
+    keep = saved / (micro * world)
+    hint = f"; trainer.grad_accum={int(keep)} keeps it" if keep == int(keep) and keep >= 1 else ""
+    return (
+        f"warning: the global batch is now {now} sequences (micro-batch {micro} x "
+        f"grad_accum {grad_accum} x {world} workers), the checkpoint's was {saved}{hint}"
+    )
+
+
+def load_best(engine, best_dir: str, state: dict, world: int, key: str) -> None:
+    """The best snapshot's weights into the engine. One taken on another number of
+    workers (before a resharded resume) under ZeRO-3, whose weights are partitioned by
+    it, loads through a universal copy; any other, as DeepSpeed saved it. The engine's
+    ``load_universal`` flag, fixed at build for the resumed checkpoint, is set per load:
+    DeepSpeed reads it at each ``load_checkpoint``."""
+    universal = state.get("best_world", world) != world and engine.zero_optimization_stage() == 3
+    config = engine._config
+    kept = config.load_universal_checkpoint
+    config.load_universal_checkpoint = universal
+    try:
+        if universal:
+            with universal_copy(best_dir, key, tag="best") as copy:
+                engine.load_checkpoint(
+                    str(copy.parent),
+                    tag=copy.name,
+                    load_optimizer_states=False,
+                    load_lr_scheduler_states=False,
+                )
+        else:
+            engine.load_checkpoint(
+                best_dir, tag="best", load_optimizer_states=False, load_lr_scheduler_states=False
+            )
+    finally:
+        config.load_universal_checkpoint = kept
+
+
 def track_best(
     engine,
     state: dict,
@@ -142,7 +190,10 @@ def track_best(
     """Snapshot the engine when ``value`` improves on the best; True means stop early.
     Collective: every rank sees the same (all-reduced) value and takes the same branch."""
     if state["best"] is None or (value > state["best"] if mode == "max" else value < state["best"]):
-        state.update(best=value, best_step=step, best_metrics=dict(metrics), stale_evals=0)
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        state.update(
+            best=value, best_step=step, best_metrics=dict(metrics), stale_evals=0, best_world=world
+        )
         engine.save_checkpoint(best_dir, tag="best")
         return False
     state["stale_evals"] += 1
@@ -256,6 +307,21 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     if labels and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; rows are padded with EOS
     ds_config = deepspeed_config(cfg, world, max_steps)
+    # Ray Train hands back the latest checkpoint after a failure or on resume. One taken
+    # on another number of workers loads only through DeepSpeed's universal format, which
+    # the engine must be built for.
+    skipped: list[str] = []  # checkpoints not whole, said in the log and metrics
+    checkpoint = whole_checkpoint(ray.train.get_checkpoint(), say=skipped.append)
+    for line in skipped if rank == 0 else []:
+        print(line, flush=True)
+    if ray.train.get_checkpoint() and checkpoint is None:
+        raise ConfigError(
+            "resume",
+            f"no checkpoint in {cfg['output_dir']}/checkpoints is whole; overwrite=true starts over",
+        )
+    reshard = bool(checkpoint) and needs_universal(checkpoint.get_metadata(), world)
+    if reshard:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     rss_before = host_memory_bytes()
     with partitioned_build(ds_config):
         model = build_model(task.name, cfg["model"], cfg["vocab_size"], tokenizer, labels)
@@ -273,7 +339,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     fpt = flops_per_token(model.config, tr["seq_len"])
     peak = peak_flops(tr["precision"]) if cfg["scaling"]["use_gpu"] else None
 
-    # --- restore: Ray Train hands back the latest checkpoint after a failure or on resume
+    # --- restore: the checkpoint (above) or, for a sweep trial, another run's
     # best / best_step / stale_evals follow trainer.metric; they live in the checkpointed
     # state so a restarted run keeps judging against the same best.
     state = {
@@ -286,19 +352,37 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         "best_step": None,
         "best_metrics": {},
         "stale_evals": 0,
+        "best_world": world,
+        "global_batch": micro * tr["grad_accum"] * world,  # sequences per step
     }
     # As a URI, each rank snapshots its own shard into its own dir of the mirror and
     # pushes it: the store holds the union.
     best_dir = str(run.local / (f"best.rank{rank}" if run.remote else "best"))
-    checkpoint = ray.train.get_checkpoint()
     restored = None
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = load_checkpoint(engine, d)
+            if reshard:
+                key = f"{cfg['run_id']}-{Path(checkpoint.path).name}"
+                with universal_copy(d, key) as universal:
+                    state = load_checkpoint(engine, d, universal)
+                # DeepSpeed's ZeRO-3 universal load gives every param group the values of
+                # the first (weight decay on biases and norms too): measured, a 3e-3
+                # drift in loss by step 20. Put this run's back (they are the checkpoint's).
+                apply_hyperparameters(engine, tr)
+            else:
+                state = load_checkpoint(engine, d)
         # A restart (a lost worker or node) or resume=true: said in the log and metrics.
         restored = {"resumed_step": state["step"]}
+        if reshard:
+            restored["resumed_from_workers"] = state["world_size"]
+        if skipped:
+            restored["skipped_checkpoints"] = skipped
         if rank == 0:
-            print(f"resumed from the checkpoint of step {state['step']}", flush=True)
+            was = f" (taken on {state['world_size']} workers, now {world})" if reshard else ""
+            print(f"resumed from the checkpoint of step {state['step']}{was}", flush=True)
+            if line := batch_changed(state.get("global_batch"), micro, tr["grad_accum"], world):
+                print(line, flush=True)
+        state["global_batch"] = micro * tr["grad_accum"] * world
     elif cfg.get("init_checkpoint"):
         # Another run's checkpoint (a sweep trial's own last one after a retry or resume,
         # or under PBT the better trial's it copies): its weights, optimizer and data
@@ -344,7 +428,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             (run.local / name).write_text(pg_id)
             run.push(name)
 
-    train_shard = ray.train.get_dataset_shard(shard_name("train", rank))
+    train_data = ray.train.get_dataset_shard(TRAIN)  # every rank's: see own_batches
     eval_shard = ray.train.get_dataset_shard(shard_name("eval", rank)) if cfg["has_eval"] else None
     batcher = task.batcher(tokenizer, tr, rank)
     objective = build_objective(cfg.get("objective"), task, engine.device)
@@ -361,7 +445,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
     # --- train
     while state["step"] < max_steps and not (stop or diverged or stopping):
-        batches = train_shard.iter_torch_batches(
+        batches = train_data.iter_torch_batches(
             batch_size=micro,
             drop_last=True,
             local_shuffle_buffer_size=cfg["data"]["shuffle_buffer"] or None,
@@ -369,11 +453,14 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             if cfg["data"]["shuffle_buffer"]
             else None,
         )
-        for i, batch in enumerate(timed(batches, window)):
-            if i < state["batch_in_epoch"]:
-                continue  # consumed before the checkpoint this run restarted from
+        # From the position a checkpoint this run restarted from holds, if any; on
+        # another number of workers too (the position counts all ranks' batches).
+        epoch_start = state["micro"] - state["batch_in_epoch"]
+        mine = own_batches(batches, state["batch_in_epoch"], rank, world)
+        for end, batch in timed(mine, window):
             t = time.perf_counter()
-            inputs = batcher(batch, state["micro"], engine.device)
+            # The batch's global index keys its random masking: the same on any world size.
+            inputs = batcher(batch, epoch_start + end - world + rank, engine.device)
             window["wait"] += time.perf_counter() - t  # host-to-device copy included
             try:
                 loss, _ = objective(engine, inputs)
@@ -383,8 +470,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 if (kind := memory_kind(exc)) is None:
                     raise
                 raise out_of_memory(kind, cfg, state["step"] + 1) from None
-            state["batch_in_epoch"] += 1
-            state["micro"] += 1
+            state["batch_in_epoch"] = end
+            state["micro"] = epoch_start + end
             window["loss"] += loss.detach().float()
             window["n"] += 1
             window["tokens"] += tokens_per_micro
@@ -458,11 +545,12 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                     diverged = (step, window_loss)
                     break
                 with tempfile.TemporaryDirectory(prefix="raylm-ckpt-") as d:
-                    save_checkpoint(engine, d, state)
+                    saved = Checkpoint.from_directory(d)
+                    saved.set_metadata(save_checkpoint(engine, d, state))
                     if log:  # the log as far as this checkpoint, for a restart elsewhere
                         run.push(METRICS_FILE)
                         run.push("tensorboard")
-                    ray.train.report(report, checkpoint=Checkpoint.from_directory(d))
+                    ray.train.report(report, checkpoint=saved)
             elif evaluated:
                 ray.train.report(report)
             # Eval and checkpoint time is not training throughput.
@@ -496,9 +584,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     exported_step = state["step"]
     if state["best_step"] is not None and state["best_step"] != state["step"]:
         run.pull("best", Path(best_dir))  # every rank's shards, whoever wrote them
-        engine.load_checkpoint(
-            best_dir, tag="best", load_optimizer_states=False, load_lr_scheduler_states=False
-        )
+        load_best(engine, best_dir, state, world, f"{cfg['run_id']}-best")
         last, exported_step = state["best_metrics"], state["best_step"]
     artifact = Artifact(
         task=task.name,
