@@ -542,7 +542,8 @@ def test_sigterm_finishes_requests_in_flight_and_leaves_no_ray_process(model_dir
         body = {"prompt": "the", "max_new_tokens": 256, "temperature": 0}
         with ThreadPoolExecutor(1) as pool:
             t0 = time.time()
-            assert post(f"http://127.0.0.1:{port}", "/v1/generate", body).status_code == 200
+            first = post(f"http://127.0.0.1:{port}", "/v1/generate", body)
+            assert first.status_code == 200, first.text  # once a 422 (see the notes)
             one = time.time() - t0
             in_flight = pool.submit(post, f"http://127.0.0.1:{port}", "/v1/generate", body)
             time.sleep(one / 4)
