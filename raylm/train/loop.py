@@ -211,6 +211,21 @@ def apply_hyperparameters(engine, tr: dict[str, Any]) -> None:
         sched.step(sched.last_batch_iteration)  # re-derive the lr at the same step
 
 
+def repair_universal_load(engine, tr: dict[str, Any]) -> None:
+    """Undo two flaws of DeepSpeed 0.19.8's ZeRO-3 universal load, each found by a
+    2 -> 1 worker resume drifting from the uninterrupted run (3e-3 in loss by step 20)
+    and gone with this: it gives every param group the first group's values (weight
+    decay on biases and norms), and every group's optimizer state one shared ``step``
+    tensor, which torch's AdamW then increments in place once per group per step (bias
+    correction for a later step than the run is at). This run's values are the
+    checkpoint's; each state gets its own step counter."""
+    apply_hyperparameters(engine, tr)
+    inner = getattr(engine.optimizer, "optimizer", None)
+    for state in inner.state.values() if inner is not None else ():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
 def weights_checksum(engine, zero_stage: int) -> float | None:
     """Sum of |w| over the model's state dict, as DeepSpeed saves it (None under ZeRO-3,
     whose ranks hold only shards): enough to tell which checkpoint a run started from."""
@@ -365,10 +380,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 key = f"{cfg['run_id']}-{Path(checkpoint.path).name}"
                 with universal_copy(d, key) as universal:
                     state = load_checkpoint(engine, d, universal)
-                # DeepSpeed's ZeRO-3 universal load gives every param group the values of
-                # the first (weight decay on biases and norms too): measured, a 3e-3
-                # drift in loss by step 20. Put this run's back (they are the checkpoint's).
-                apply_hyperparameters(engine, tr)
+                repair_universal_load(engine, tr)
             else:
                 state = load_checkpoint(engine, d)
         # A restart (a lost worker or node) or resume=true: said in the log and metrics.
